@@ -7,7 +7,7 @@
 Markdown cells are written as '# '-prefixed comment lines after the marker.
 The notebook (not the script) is the source of truth: nbdev exports from it.
 """
-import sys, re, json
+import sys, re, json, hashlib
 from pathlib import Path
 import nbformat
 
@@ -34,7 +34,7 @@ def py_to_nb(src: str) -> nbformat.NotebookNode:
             buf.append(line)
     flush()
     nb = nbformat.v4.new_notebook(cells=cells)
-    nb.nbformat_minor = 4  # no cell ids: keeps diffs small (nbdev_clean strips them too)
+    nb.nbformat_minor = 5  # cell ids: nbdev 2.4 names exported cells by id, so ids must be stable
     nb.metadata = {'kernelspec': {'display_name': 'python3', 'language': 'python', 'name': 'python3'}}
     return nb
 
@@ -54,12 +54,18 @@ if __name__ == '__main__':
     if cmd == 'to-nb':
         nb = py_to_nb(Path(a).read_text())
         old = Path(b)
-        if old.exists():  # keep outputs of unchanged code cells
-            prev = {c.source: c for c in nbformat.read(old, as_version=4).cells if c.cell_type == 'code'}
-            for c in nb.cells:
-                if c.cell_type == 'code' and c.source in prev:
-                    c.outputs = prev[c.source].get('outputs', []); c.execution_count = prev[c.source].get('execution_count')
-        for c in nb.cells: c.pop('id', None)
+        prev_cells = nbformat.read(old, as_version=4).cells if old.exists() else []
+        prev = {c.source: c for c in prev_cells if c.cell_type == 'code'}
+        prev_ids = {}
+        for c in prev_cells: prev_ids.setdefault((c.cell_type, c.source), []).append(c.get('id'))
+        used = set()
+        for i, c in enumerate(nb.cells):  # keep outputs of unchanged code cells, and the ids of unchanged cells
+            if c.cell_type == 'code' and c.source in prev:
+                c.outputs = prev[c.source].get('outputs', []); c.execution_count = prev[c.source].get('execution_count')
+            cands = [x for x in prev_ids.get((c.cell_type, c.source), []) if x and x not in used]
+            cid = cands[0] if cands else hashlib.sha1(f'{Path(b).name}:{i}:{c.source}'.encode()).hexdigest()[:8]
+            while cid in used: cid = hashlib.sha1(cid.encode()).hexdigest()[:8]
+            c['id'] = cid; used.add(cid)
         nbformat.write(nb, b, version=4)
     elif cmd == 'to-py': Path(b).write_text(nb_to_py(nbformat.read(a, as_version=4)))
     else: sys.exit(f'unknown command {cmd!r}: expected to-nb or to-py')

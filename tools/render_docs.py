@@ -9,7 +9,7 @@ Where Quarto is installed, `nbdev_docs` (driven by nbs/_quarto.yml) is the riche
 and machines without Quarto use. nbdev directives are honoured: `#| hide` cells are dropped, `#| echo: false` hides the
 source but keeps outputs, and directive lines never reach the page.
 """
-import argparse, copy, html, os, re, sys
+import argparse, copy, html, os, re, shutil, sys
 from pathlib import Path
 import nbformat
 
@@ -29,11 +29,27 @@ def directives(src: str) -> dict:
 def strip_directives(src: str) -> str:
     return '\n'.join(l for l in src.splitlines() if not DIRECTIVE.match(l)).strip('\n')
 
+PLOTLY_MIME = 'application/vnd.plotly.v1+json'
+
+def plotly_outputs_to_html(c) -> bool:
+    "Replace plotly mime outputs of cell `c` by static-page HTML (plotly.js is loaded once per page). True if any."
+    import json as _json, plotly.io as pio
+    found = False
+    for o in c.get('outputs', []):
+        data = o.get('data', {})
+        if PLOTLY_MIME in data:
+            fig = pio.from_json(_json.dumps(data[PLOTLY_MIME]))
+            o['data'] = {'text/html': pio.to_html(fig, include_plotlyjs=False, full_html=False)}
+            found = True
+    return found
+
 def prepare(nb):
     "A copy of `nb` as the reader should see it."
     nb = copy.deepcopy(nb); cells = []
+    nb.metadata['uses_plotly'] = False
     for c in nb.cells:
         if c.cell_type != 'code': cells.append(c); continue
+        if plotly_outputs_to_html(c): nb.metadata['uses_plotly'] = True
         d = directives(c.source)
         if 'hide' in d or 'default_exp' in d or d.get('include') == 'false': continue
         if d.get('echo') == 'false' or 'hide_input' in d:
@@ -43,6 +59,12 @@ def prepare(nb):
         cells.append(c)
     nb.cells = cells
     return nb
+
+# Records JavaScript errors on the page in an attribute, so a headless browser's DOM dump shows them (tools/browser_check.py).
+ERROR_HOOK = ("<script>window.__jserr=[];function __rec(m){window.__jserr.push(String(m));"
+              "document.documentElement.setAttribute('data-jserr',JSON.stringify(window.__jserr));}"
+              "window.addEventListener('error',function(e){__rec(e.message||e.type)});"
+              "window.addEventListener('unhandledrejection',function(e){__rec(e.reason)});</script>")
 
 def notebooks():
     return sorted(p for p in (ROOT/'nbs').glob('*.ipynb') if not p.name.startswith(('_', '.')))
@@ -79,11 +101,16 @@ def render_html(out_dir: Path, execute: bool = False):
             ExecutePreprocessor(timeout=1800, kernel_name='python3').preprocess(nb, {'metadata': {'path': str(p.parent)}})
         loaded.append((p, nb))
     pages = [(('index' if p.stem == 'index' else p.stem), title_of(nb, p.stem)) for p, nb in loaded]
+    import plotly
+    shutil.copy(Path(plotly.__file__).parent/'package_data'/'plotly.min.js', out_dir/'plotly.min.js')
     exporter = HTMLExporter(template_name='lab')
     exporter.exclude_input_prompt = exporter.exclude_output_prompt = True
     written = []
     for (p, nb), (name, title) in zip(loaded, pages):
-        body, _ = exporter.from_notebook_node(prepare(nb), resources={'metadata': {'name': title}})
+        pnb = prepare(nb)
+        body, _ = exporter.from_notebook_node(pnb, resources={'metadata': {'name': title}})
+        head = ERROR_HOOK + ('<script src="plotly.min.js"></script>' if pnb.metadata.get('uses_plotly') else '')
+        body = re.sub(r'(<head[^>]*>)', lambda m: m.group(1) + head, body, count=1)
         body = re.sub(r'(<body[^>]*>)', lambda m: m.group(1) + nav_html(pages, name) + '<div style="margin-left:16rem">', body, count=1)
         body = body.replace('</body>', '</div></body>', 1)
         dest = out_dir/f'{name}.html'

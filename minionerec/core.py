@@ -46,13 +46,15 @@ def set_seed(seed:int=42, deterministic:bool=True) -> int:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     return int(seed)
 
-# %% ../nbs/00_core.ipynb #1fd78efe
+# %% ../nbs/00_core.ipynb #887e6994
 @contextlib.contextmanager
 def atomic_write(path, mode:str='w', encoding:str|None='utf-8'):
     "Open a temporary file next to `path`; on success fsync and `os.replace` it onto `path`, on error delete it."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(fd)
+    umask = os.umask(0); os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600 files; artifacts get the usual permissions
     try:
         with open(tmp, mode, encoding=None if 'b' in mode else encoding) as f:
             yield f

@@ -74,7 +74,7 @@ class RecData:
                 and self.sids == other.sids)
     def __repr__(self): return f'RecData({self.summary()})'
 
-# %% ../nbs/01_data.ipynb #c93ca8c1
+# %% ../nbs/01_data.ipynb #0f79676e
 _TAG_RE = re.compile(r'<[^>]+>')
 _WS_RE = re.compile(r'\s+')
 
@@ -86,19 +86,26 @@ def clean_text(text) -> str:
         prev, text = text, _TAG_RE.sub(' ', html.unescape(text))
     return ' '.join(text.split())
 
-def _as_list_literal(text:str):
+_PRINTED_SEP = re.compile(r"""['"]\s*,\s*['"]""")
+_ESCAPES = {'\\n': ' ', '\\t': ' ', '\\r': ' ', "\\'": "'", '\\"': '"', '\\\\': '\\'}
+
+def _as_list_literal(text:str, lenient:bool=False):
     "The list a string like \"['a', 'b']\" stands for, or None when it is not a list literal of strings."
     t = text.strip()
     if not (t.startswith('[') and t.endswith(']')): return None
     try: v = ast.literal_eval(t)
-    except (ValueError, SyntaxError, MemoryError, RecursionError): return None
-    return v if isinstance(v, list) and all(isinstance(x, str) for x in v) else None
+    except (ValueError, SyntaxError, MemoryError, RecursionError): v = None
+    if isinstance(v, list) and all(isinstance(x, str) for x in v): return v
+    if not lenient or t[:2] not in ("['", '["') or t[-2:] not in ("']", '"]'): return None
+    # a list printed by string joins rather than repr (unescaped quotes inside): split at quote-comma-quote
+    parts = _PRINTED_SEP.split(t[2:-2])
+    return [re.sub(r"""\\[ntr'"\\]""", lambda m: _ESCAPES[m[0]], p) for p in parts]
 
 def clean_description(desc) -> str:
     "A description as clean text: lists (or their printed form, as in the public item.json) are joined with spaces."
     if desc is None: return ''
     if isinstance(desc, str):
-        parts = _as_list_literal(desc)
+        parts = _as_list_literal(desc, lenient=True)
         if parts is None: return clean_text(desc)
         desc = parts
     if isinstance(desc, (list, tuple)): return clean_text(' '.join(clean_text(p) for p in desc if p))
@@ -354,7 +361,7 @@ def chronological_split(samples:pd.DataFrame, ratios=(0.8, 0.1, 0.1)) -> dict:
     return {'train': df.iloc[:a][cols].reset_index(drop=True), 'valid': df.iloc[a:b][cols].reset_index(drop=True),
             'test': df.iloc[b:][cols].reset_index(drop=True)}
 
-# %% ../nbs/01_data.ipynb #a2e45c39
+# %% ../nbs/01_data.ipynb #cb2f5ed0
 _TAXONOMY = {
     'Lab Supplies': ['Pipette Tips', 'Beakers', 'Petri Dishes', 'Test Tubes', 'Centrifuge Tubes', 'Lab Gloves'],
     'Fasteners': ['Hex Bolts', 'Wood Screws', 'Washers', 'Rivets', 'Wall Anchors', 'Hinges'],
@@ -385,9 +392,10 @@ class SyntheticConfig(Config):
     n_sub: int = 5                 # leaf categories per top category (at most 6)
     items_per_leaf: int = 25       # items per leaf category (n_items = n_top * n_sub * items_per_leaf)
     brands_per_top: int = 5        # brands selling in each top category
-    n_users: int = 2000            # users
-    min_events: int = 5            # events per user, uniform in [min_events, max_events] (5-core like the benchmark)
-    max_events: int = 20
+    n_users: int = 2500            # users
+    min_events: int = 5            # events per user: min_events + a geometric number with mean extra_events, capped at max_events
+    extra_events: float = 2.5      # (5-core with a long tail of heavier users, like the benchmark's ~7 events per user)
+    max_events: int = 30
     p_repeat: float = 0.04         # re-buy one of the last 5 items
     p_companion: float = 0.3       # buy the companion item of the last item
     p_stay: float = 0.55           # otherwise: stay in the last item's leaf category ...
@@ -401,7 +409,7 @@ class SyntheticConfig(Config):
     end: str = '2018-11'           # last month of the time window (inclusive)
 
     @classmethod
-    def tiny(cls): return cls(n_top=4, n_sub=3, items_per_leaf=16, n_users=300, max_events=12)  # 192 items
+    def tiny(cls): return cls(n_top=4, n_sub=3, items_per_leaf=16, n_users=300)  # 192 items
     @classmethod
     def paper(cls): return cls(n_top=12, n_sub=6, items_per_leaf=50, n_users=8000)  # 3,600 items ~ the Industrial catalogue
 
@@ -410,6 +418,7 @@ class SyntheticConfig(Config):
         if not 1 <= self.n_sub <= 6: raise ConfigError(f'SyntheticConfig.n_sub must be in 1..6, got {self.n_sub}')
         if self.items_per_leaf < 2: raise ConfigError(f'SyntheticConfig.items_per_leaf must be >= 2, got {self.items_per_leaf}')
         if not 2 <= self.min_events <= self.max_events: raise ConfigError(f'SyntheticConfig needs 2 <= min_events <= max_events, got {self.min_events}, {self.max_events}')
+        if self.extra_events < 0: raise ConfigError(f'SyntheticConfig.extra_events must be >= 0, got {self.extra_events}')
         if self.p_repeat + self.p_companion > 1: raise ConfigError('SyntheticConfig.p_repeat + p_companion must be <= 1')
         for k in ('p_repeat', 'p_companion', 'p_stay', 'p_switch_top', 'drift'):
             if not 0 <= getattr(self, k) <= 1: raise ConfigError(f'SyntheticConfig.{k} must be in [0, 1], got {getattr(self, k)}')
@@ -430,7 +439,7 @@ def month_range(start:str, end:str) -> tuple[int, int]:
     if hi < lo: raise ConfigError(f'time window is empty: start {start} is after end {end}')
     return lo, hi
 
-# %% ../nbs/01_data.ipynb #997748d1
+# %% ../nbs/01_data.ipynb #d365b7d2
 def _synthetic_catalogue(cfg:SyntheticConfig, rng:np.random.Generator):
     "Items of the category tree: (items table, leaf of each item, companion of each item, leaves per top)."
     tops = list(_TAXONOMY)[:cfg.n_top]
@@ -481,7 +490,7 @@ def make_synthetic(cfg:SyntheticConfig|None=None) -> RecData:
     seqs = {}
     for u in range(cfg.n_users):
         pref = rng.dirichlet(np.full(len(top_leaves), cfg.alpha))
-        n = int(rng.integers(cfg.min_events, cfg.max_events + 1))
+        n = min(cfg.max_events, cfg.min_events + int(rng.geometric(1 / (1 + cfg.extra_events))) - 1)
         top = int(rng.choice(len(top_leaves), p=pref)); leaf = int(rng.choice(top_leaves[top]))
         seq = [pick(leaf, ())]
         for _ in range(n - 1):

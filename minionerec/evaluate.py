@@ -168,7 +168,7 @@ def evaluate_rankings(name:str, ranked, targets, data, split:str='test', rows=No
     res.seconds = (seconds or 0.0) + t.seconds
     return res
 
-# %% ../nbs/09_evaluate.ipynb #62e1b4df
+# %% ../nbs/09_evaluate.ipynb #0c0994b8
 @dataclass
 class EvalConfig(Config):
     "How a generative model is evaluated."
@@ -196,13 +196,14 @@ def select_rows(n:int, max_users:int|None, seed:int=42) -> np.ndarray:
 
 def evaluate_model(model, tokenizer, data, index, cfg:EvalConfig|None=None, name:str='MiniOneRec', trie=None,
                    examples:list|None=None) -> EvalResult:
-    "Constrained beam search on `rec_examples(data, index, cfg.split)` and HR/NDCG/MRR of the decoded item lists."
-    from minionerec.tasks import rec_examples
+    "Constrained beam search on `rec_examples(data, index, cfg.split)` (or `examples`, one per split row) and HR/NDCG/MRR of the decoded item lists."
     from minionerec.decoding import SIDTrie, sid_beam_search
     cfg = cfg or EvalConfig()
     with Timer() as t:
-        exs = rec_examples(data, index, cfg.split) if examples is None else list(examples)
-        exs = list(exs)
+        if examples is None:
+            from minionerec.tasks import rec_examples
+            exs = list(rec_examples(data, index, cfg.split))
+        else: exs = list(examples)
         if examples is None and len(exs) != len(data.splits[cfg.split]):
             raise ValueError(f'rec_examples gave {len(exs)} examples for {len(data.splits[cfg.split])} rows of {cfg.split!r}')
         rows = select_rows(len(exs), cfg.max_users, cfg.seed)

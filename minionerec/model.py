@@ -16,7 +16,7 @@ from .core import Config, ConfigError, atomic_dir, write_json, read_json, get_lo
 # %% auto #0
 __all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'load_tokenizer', 'ModelConfig',
            'build_tiny_model', 'load_backbone', 'add_sid_tokens', 'apply_training_mode', 'param_groups',
-           'count_parameters', 'non_embedding_parameters', 'model_flops_per_token', 'save_checkpoint',
+           'prepare_model', 'count_parameters', 'non_embedding_parameters', 'model_flops_per_token', 'save_checkpoint',
            'load_checkpoint', 'checkpoint_meta']
 
 # %% ../nbs/06_model.ipynb #d25a75c1
@@ -227,6 +227,13 @@ def param_groups(model, weight_decay:float=0.0) -> list[dict]:
         if not p.requires_grad: continue
         (no_decay if p.ndim < 2 or hasattr(p, 'grad_row_mask') else decay).append(p)
     return [g for g in ({'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}) if g['params']]
+
+# %% ../nbs/06_model.ipynb #dc6253d0
+def prepare_model(cfg:ModelConfig, index, texts=None, titles=None):
+    "`(model, tokenizer, new_token_ids)`: `load_backbone`, `add_sid_tokens` (init `cfg.sid_init`) and `apply_training_mode`."
+    model, tokenizer = load_backbone(cfg, texts)
+    ids = add_sid_tokens(tokenizer, model, index, init=cfg.sid_init, texts=titles, seed=cfg.seed)
+    return apply_training_mode(model, cfg, ids), tokenizer, ids
 
 # %% ../nbs/06_model.ipynb #7b366c5e
 def count_parameters(model, trainable:bool=False, non_embedding:bool=False) -> int:

@@ -292,7 +292,7 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None) -> dic
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
 
-# %% ../nbs/13_pipeline.ipynb #43f94e49
+# %% ../nbs/13_pipeline.ipynb #cc3fa7a6
 def preset(name:str) -> PipelineConfig:
     "A named config: 'tiny' (tests), 'demo' (README main job), 'industrial' (real data on CPU), 'paper' (GPU servers)."
     if name == 'tiny':
@@ -301,13 +301,13 @@ def preset(name:str) -> PipelineConfig:
                               sft=SFTConfig.tiny().replace(epochs=1), eval=EvalConfig.tiny(),
                               baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2)))
     if name == 'demo':
-        return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig()),
+        return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
                               embed=EmbedConfig(batch_size=64, max_length=128),
-                              sid=SIDSection(rqvae=RQVAEConfig(hidden=(256, 128, 64), codebook_size=64, epochs=300, log_every=25)),
+                              sid=SIDSection(rqvae=RQVAEConfig(hidden=(256, 128, 64), codebook_size=32, epochs=500, log_every=50)),
                               model=ModelConfig(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000),
-                              tasks=TaskMixConfig(),
-                              sft=SFTConfig(lr=2e-3, warmup_ratio=0.05, epochs=3, patience=2, global_batch_size=64, micro_batch_size=32, max_length=192),
-                              eval=EvalConfig(num_beams=20, batch_size=16, max_users=500),
+                              tasks=TaskMixConfig(max_per_task=1500),
+                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=2, patience=2, global_batch_size=32, micro_batch_size=32, max_length=192),
+                              eval=EvalConfig(num_beams=20, batch_size=32, max_users=300),
                               baselines=BaselinesSection(sasrec=SASRecConfig(epochs=30, patience=5)))
     if name == 'industrial':
         return PipelineConfig(run_dir='runs/industrial', data=DataSection(source='published', name='Industrial_and_Scientific'),

@@ -44,7 +44,7 @@ def balanced_assign(d:np.ndarray, capacity:int|None=None) -> np.ndarray:
         todo = np.sort(todo[o[~ok]])
     return a
 
-# %% ../nbs/03a_rqkmeans.ipynb #796e66b8
+# %% ../nbs/03a_rqkmeans.ipynb #83524e22
 @dataclass
 class RQKMeansConfig(Config):
     "Residual k-means settings."
@@ -82,7 +82,7 @@ class RQKMeans:
 def _kmeans_level(r:np.ndarray, K:int, cfg:RQKMeansConfig, level:int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Centroids (K, d), assignment (N,) and distances (N, K) of one level."
     import faiss
-    km = faiss.Kmeans(r.shape[1], K, niter=cfg.niter, seed=cfg.seed + level, verbose=False)
+    km = faiss.Kmeans(r.shape[1], K, niter=cfg.niter, seed=cfg.seed + level, verbose=False, min_points_per_centroid=1)
     km.train(r)
     C = km.centroids.copy()
     d = sq_dists_np(r, C)

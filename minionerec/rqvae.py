@@ -90,7 +90,7 @@ def level_stats(codes, codebook_sizes) -> pd.DataFrame:
         rows.append({'level': l + 1, 'K': K, 'used': int((u > 0).sum()), 'perplexity': float(perplexity(u)), 'max_items': int(u.max())})
     return pd.DataFrame(rows)
 
-# %% ../nbs/03_rqvae.ipynb #2199d4b7
+# %% ../nbs/03_rqvae.ipynb #b1a560c7
 @dataclass
 class RQVAEConfig(Config):
     "RQ-VAE architecture and training (defaults = the paper's setting)."
@@ -105,6 +105,7 @@ class RQVAEConfig(Config):
     beta: float = 0.25            # commitment weight: loss = ||sg[q]-r||^2 (codebook) + beta*||q-sg[r]||^2 ... see below
     quant_weight: float = 1.0     # weight of the quantization loss next to the reconstruction MSE
     dropout: float = 0.0          # dropout between MLP layers
+    standardize: bool = True      # centre the embeddings and scale them to unit average variance before the encoder (see below)
     kmeans_init: bool = True      # initialise every codebook by k-means on the first batch's residuals
     kmeans_iters: int = 100       # Lloyd iterations of that initialisation
     log_every: int = 1            # evaluate codes (collisions, usage) every this many epochs (and at the last)
@@ -187,19 +188,21 @@ class ResidualQuantizer(nn.Module):
         "Sum of the selected code vectors (B, d) for `codes` (B, L)."
         return sum(C[codes[:, l]] for l, C in enumerate(self.codebooks))
 
-# %% ../nbs/03_rqvae.ipynb #ae92c2b9
+# %% ../nbs/03_rqvae.ipynb #0b77106d
 def mlp(dims, dropout:float=0.0) -> nn.Sequential:
-    "Linear layers through `dims`, ReLU + dropout between them, none after the last."
+    "Linear layers through `dims` (Xavier-normal weights, zero biases), ReLU + dropout between them, none after the last."
     layers = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        layers.append(nn.Linear(a, b))
+        lin = nn.Linear(a, b); nn.init.xavier_normal_(lin.weight); nn.init.zeros_(lin.bias)
+        layers.append(lin)
         if i < len(dims) - 2:
             layers.append(nn.ReLU())
             if dropout > 0: layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 class RQVAEOutput(NamedTuple):
-    recon: torch.Tensor      # (B, in_dim)
+    recon: torch.Tensor      # (B, in_dim) reconstruction of `target`
+    target: torch.Tensor     # (B, in_dim) the standardised input
     z: torch.Tensor          # (B, code_dim) encoder output
     codes: torch.Tensor      # (B, L)
     quant_loss: torch.Tensor
@@ -214,6 +217,12 @@ class RQVAE(nn.Module):
         self.encoder = mlp([in_dim, *hidden, code_dim], dropout)
         self.rq = ResidualQuantizer(codebook_sizes=list(codebook_sizes), dim=code_dim, beta=beta)
         self.decoder = mlp([code_dim, *reversed(tuple(hidden)), in_dim], dropout)
+        self.register_buffer('shift', torch.zeros(in_dim)); self.register_buffer('scale', torch.ones(()))
+
+    @torch.no_grad()
+    def fit_standardizer(self, x:torch.Tensor):
+        "Centre on the mean item and divide by one global std, so inputs have unit variance per dimension on average."
+        self.shift.copy_(x.mean(0)); self.scale.copy_((x - self.shift).pow(2).mean().sqrt().clamp_min(1e-12))
 
     @classmethod
     def from_config(cls, cfg:RQVAEConfig, in_dim:int) -> RQVAE:
@@ -224,13 +233,15 @@ class RQVAE(nn.Module):
     def codebook_sizes(self) -> list[int]: return self.rq.codebook_sizes
 
     def forward(self, x:torch.Tensor) -> RQVAEOutput:
-        z = self.encoder(x)
+        "`x` (B, in_dim) raw embeddings; the standardiser is applied here."
+        xs = (x - self.shift) / self.scale
+        z = self.encoder(xs)
         o = self.rq(z)
-        return RQVAEOutput(self.decoder(o.zq), z, o.codes, o.loss, o.residuals)
+        return RQVAEOutput(self.decoder(o.zq), xs, z, o.codes, o.loss, o.residuals)
 
     def losses(self, x:torch.Tensor, out:RQVAEOutput, quant_weight:float=1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        "(total, reconstruction MSE)."
-        recon = F.mse_loss(out.recon, x)
+        "(total, reconstruction MSE in standardised units)."
+        recon = F.mse_loss(out.recon, out.target)
         return recon + quant_weight * out.quant_loss, recon
 
     @torch.no_grad()
@@ -246,10 +257,10 @@ class RQVAE(nn.Module):
 
     @torch.no_grad()
     def decode_codes(self, codes:torch.Tensor) -> torch.Tensor:
-        "Decoder output for code tuples (B, L): what the SID alone reconstructs."
-        return self.decoder(self.rq.vectors(codes))
+        "Decoder output for code tuples (B, L), in embedding units: what the SID alone reconstructs."
+        return self.decoder(self.rq.vectors(codes)) * self.scale + self.shift
 
-# %% ../nbs/03_rqvae.ipynb #4409c40a
+# %% ../nbs/03_rqvae.ipynb #fe208133
 def _log_row(epoch, tot, rec, qua, codes, sizes) -> dict:
     row = {'epoch': epoch, 'loss': tot, 'recon_loss': rec, 'quant_loss': qua, 'collision_rate': collision_rate(codes)}
     for l, K in enumerate(sizes):
@@ -266,6 +277,7 @@ def train_rqvae(emb, cfg:RQVAEConfig|None=None) -> QuantizeResult:
     if x.ndim != 2 or len(x) == 0: raise ValueError(f'emb must be a non-empty (N, D) matrix, got shape {tuple(x.shape)}')
     n = len(x)
     model = RQVAE.from_config(cfg, in_dim=x.shape[1]).to(dev)
+    if cfg.standardize: model.fit_standardizer(x)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     bs = n if cfg.batch_size == 0 else min(cfg.batch_size, n)
     g = torch.Generator().manual_seed(cfg.seed)

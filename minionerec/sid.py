@@ -291,7 +291,7 @@ def assign_distinct(cost, method:str='hungarian') -> np.ndarray:
     if method == 'nearest': return _nearest_assign(cost).astype(np.int64)
     raise ValueError(f"method must be 'hungarian', 'sinkhorn' or 'nearest', got {method!r}")
 
-# %% ../nbs/04_sid.ipynb #3da06d53
+# %% ../nbs/04_sid.ipynb #9de9d3d5
 def _resolve_prefix(items:np.ndarray, last:np.ndarray, K:int, dists, method:str):
     "New last codes (n,) and extra-level codes (n,) (-1 = none) for the items of one prefix."
     n = len(items)
@@ -319,11 +319,12 @@ def _resolve_prefix(items:np.ndarray, last:np.ndarray, K:int, dists, method:str)
 
 def build_sid_index(result_or_codes, last_dists=None, codebook_sizes=None, method:str='hungarian') -> SIDIndex:
     "A collision-free `SIDIndex` from quantizer codes (N, L) or a `QuantizeResult` (uses its `last_dists`, `codebook_sizes`)."
-    codes = np.asarray(getattr(result_or_codes, 'codes', result_or_codes))
+    codes = getattr(result_or_codes, 'codes', result_or_codes)
+    if hasattr(codes, 'detach'): codes = codes.detach().cpu().numpy()
+    codes = np.asarray(codes)
     if last_dists is None: last_dists = getattr(result_or_codes, 'last_dists', None)
     if codebook_sizes is None: codebook_sizes = getattr(result_or_codes, 'codebook_sizes', None)
     if codes.ndim != 2 or codes.shape[0] == 0: raise ValueError(f'codes must be a non-empty (n_items, n_levels) array, got shape {codes.shape}')
-    if hasattr(codes, 'detach'): codes = codes.detach().cpu().numpy()
     codes = np.array(codes, dtype=np.int64)
     if codes.min() < 0: raise ValueError('build_sid_index takes raw quantizer codes (all >= 0); padded codes are already an index')
     N, L = codes.shape
@@ -460,7 +461,7 @@ def report_table(reports:dict) -> str:
     lines += ['| ' + k + ' | ' + ' | '.join(str(f.get(k, '')) for f in flat.values()) + ' |' for k in keys]
     return '\n'.join(lines)
 
-# %% ../nbs/04_sid.ipynb #48a35ac8
+# %% ../nbs/04_sid.ipynb #eb5a137d
 _STOP = set('a an and the of for with in on to by x or from at as is'.split())
 
 def _titles(items, n:int) -> list[str]:
@@ -512,7 +513,7 @@ def sid_tree_figure(index:SIDIndex, items=None, max_children:int=12, max_depth:i
     nodes = sid_tree_nodes(index, items, max_children, max_depth)
     kw = dict(ids=nodes['id'], labels=nodes['label'], parents=nodes['parent'], values=nodes['count'], branchvalues='total',
               customdata=nodes['hover'], hovertemplate='<b>%{id}</b><br>%{value} items<br>%{customdata}<extra></extra>')
-    if kind == 'sunburst': trace = go.Sunburst(maxdepth=max_depth + 1, insidetextorientation='radial', **kw)
+    if kind == 'sunburst': trace = go.Sunburst(maxdepth=min(max_depth, 2) + 1, insidetextorientation='radial', **kw)   # root + 2 rings; click to go deeper
     elif kind == 'treemap': trace = go.Treemap(maxdepth=3, **kw)
     else: raise ValueError(f"kind must be 'sunburst' or 'treemap', got {kind!r}")
     fig = go.Figure(trace)
@@ -525,7 +526,7 @@ def save_explorer_html(index:SIDIndex, items, path, include_plotlyjs=True, **kw)
     fig = sid_tree_figure(index, items, **kw)
     return write_text(path, fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True))
 
-# %% ../nbs/04_sid.ipynb #12195b9a
+# %% ../nbs/04_sid.ipynb #eac892a4
 class SIDExplorer:
     "ipywidgets UI over a `SIDIndex`: per-level dropdowns, the items under the chosen prefix, and the tree figure."
     def __init__(self, index:SIDIndex, items=None, max_rows:int=50, max_children:int=12, max_depth:int=3, figure:bool=True):
@@ -538,6 +539,7 @@ class SIDExplorer:
         self.table = W.HTML()
         self._busy = False
         self.fig = self.fig_widget = self.fig_out = None
+        self._fig_ids = set()
         if figure:
             self.fig = sid_tree_figure(index, items, max_children=max_children, max_depth=depth, height=600)
             self._fig_ids = set(self.fig.data[0].ids)
@@ -612,7 +614,10 @@ class SIDExplorer:
         return _node_id(p)
 
     def _draw(self):
+        "Redraw the figure in the Output (only inside a Jupyter kernel: elsewhere nothing would show it)."
+        from IPython import get_ipython
         from IPython.display import display
+        if getattr(get_ipython(), 'kernel', None) is None: return
         self.fig.update_traces(level=self._root())
         self.fig_out.clear_output(wait=True)
         with self.fig_out: display(self.fig)

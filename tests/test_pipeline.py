@@ -1,0 +1,75 @@
+"""The `minionerec` console script end to end (tiny preset), reruns that skip, and configs rejected before any work."""
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+def cli(*args, cwd=None, timeout=900):
+    env = {**os.environ, 'OMP_WAIT_POLICY': 'PASSIVE', 'HF_HUB_OFFLINE': '1', 'MINIONEREC_QUIET': '1'}
+    return subprocess.run([sys.executable, '-c', 'import sys; from minionerec.cli import main; sys.exit(main())', *args],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp('pipe')/'run'
+    r = cli('pipeline', '--config', 'tiny', '--run-dir', str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return run, r
+
+def test_pipeline_writes_every_stage(tiny_run):
+    run, r = tiny_run
+    assert f'report: {run}/report/report.md' in r.stdout
+    for stage in ('prepare', 'embed', 'sid', 'sft', 'evaluate', 'report'):
+        assert (run/stage/'DONE.json').exists(), stage
+    metrics = json.loads((run/'evaluate'/'metrics.json').read_text())
+    assert {'MiniOneRec SFT', 'Popularity', 'SASRec'} <= set(metrics)
+    gen = metrics['MiniOneRec SFT']
+    assert gen['invalid'] == 0 and gen['duplicates'] == 0 and gen['rows'] > 0
+    assert all(m['rows'] == gen['rows'] for m in metrics.values())   # same rows for every model
+    assert json.loads((run/'sid'/'DONE.json').read_text())['metrics']['colliding_items_after'] == 0
+    report = (run/'report'/'report.md').read_text()
+    assert 'SASRec' in report and 'Popularity' in report
+    assert (run/'config.yaml').exists()
+
+def test_rerun_skips_complete_stages(tiny_run):
+    run, _ = tiny_run
+    before = {s: (run/s/'DONE.json').read_text() for s in ('prepare', 'embed', 'sid', 'sft', 'evaluate')}
+    r = cli('pipeline', '--config', 'tiny', '--run-dir', str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'sft: complete, skipped' in r.stderr
+    assert before == {s: (run/s/'DONE.json').read_text() for s in before}
+
+def test_single_stage_needs_upstream(tmp_path):
+    r = cli('sft', '--config', 'tiny', '--run-dir', str(tmp_path/'fresh'))
+    assert r.returncode == 2 and "stage 'sft' needs 'prepare'" in r.stderr
+
+@pytest.mark.parametrize('override,message', [
+    ('sft.learning_rate=1', "unknown key 'learning_rate'"),
+    ('sft.epochs=1.5', 'sft.epochs: expected an integer'),
+    ('sft.global_batch_size=10', 'global_batch_size'),
+    ('data.source=published', None),
+])
+def test_bad_config_fails_before_work(tmp_path, override, message):
+    run = tmp_path/'run'
+    extra = ['--set', 'data.path=/no/such/folder'] if override.startswith('data.') else []
+    r = cli('pipeline', '--config', 'tiny', '--run-dir', str(run), '--set', override, *extra)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert (message or '/no/such/folder') in r.stderr
+    assert not (run/'prepare').exists()
+
+def test_yaml_config_with_preset_and_plan(tmp_path):
+    cfg = tmp_path/'c.yaml'; cfg.write_text('preset: paper\nsft:\n  micro_batch_size: 4\n')
+    r = cli('plan', '--config', str(cfg), '--world-size', '8')
+    assert r.returncode == 0, r.stderr
+    assert 'gradient_accumulation: 32' in r.stdout and 'global_batch: 1024' in r.stdout
+    r = cli('plan', '--config', str(cfg), '--world-size', '3')
+    assert r.returncode == 2 and 'world size 3' in r.stderr
+    bad = tmp_path/'bad.yaml'; bad.write_text('preset: demo\nsft: {lr: [1, 2]}\n')
+    r = cli('config', '--config', str(bad))
+    assert r.returncode == 2 and 'sft.lr' in r.stderr
+
+def test_shipped_configs_load():
+    for p in (REPO/'configs').glob('*.yaml'):
+        r = cli('config', '--config', str(p))
+        assert r.returncode == 0, (p, r.stderr)

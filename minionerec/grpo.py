@@ -263,13 +263,17 @@ def _rows(batch:dict, rows:slice) -> dict:
         first = int(torch.nonzero(keep)[0]); out['prompt_ids'], out['prompt_mask'] = out['prompt_ids'][:, first:], out['prompt_mask'][:, first:]
     return out
 
-# %% ../nbs/12_grpo.ipynb #7f7aa9b2
+# %% ../nbs/12_grpo.ipynb #63bfb180
 def lr_multiplier(step:int, total:int, warmup:int, schedule:str='cosine') -> float:
     "Learning-rate multiplier of update `step` (0-based) of `total`: linear warm-up, then cosine / linear decay or constant."
     if step < warmup: return (step + 1) / warmup
     if schedule == 'constant': return 1.0
     prog = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1 + math.cos(math.pi * prog)) if schedule == 'cosine' else 1.0 - prog
+
+def _multi_cpu() -> bool:
+    "accelerate runs several CPU processes (gloo) only when asked: ask when launched with several processes and no GPU."
+    return not torch.cuda.is_available() and int(os.environ.get('WORLD_SIZE', '1')) > 1
 
 def _stat_sum(acc, values:dict) -> dict:
     "Sum scalar stats over processes."
@@ -284,10 +288,10 @@ class RecGRPOTrainer:
         from accelerate import Accelerator, PartialState
         self.cfg, self.tokenizer, self.index, self.scorer = cfg, tokenizer, index, scorer
         self.reward_cfg = reward_cfg or RewardConfig()
-        world = accelerator.num_processes if accelerator is not None else PartialState().num_processes
+        world = accelerator.num_processes if accelerator is not None else PartialState(cpu=_multi_cpu()).num_processes
         self.local_prompts, self.accum = process_plan(cfg, world)
         if index.n_items < cfg.num_generations: raise ConfigError(f'GRPOConfig.num_generations ({cfg.num_generations}) exceeds the catalogue ({index.n_items} items)')
-        self.acc = acc = accelerator or Accelerator(gradient_accumulation_steps=self.accum, mixed_precision='bf16' if cfg.bf16 else 'no')
+        self.acc = acc = accelerator or Accelerator(gradient_accumulation_steps=self.accum, mixed_precision='bf16' if cfg.bf16 else 'no', cpu=_multi_cpu())
         ds = getattr(acc.state, 'deepspeed_plugin', None)
         if ds is not None:   # no dataloader is prepared, so DeepSpeed's 'auto' batch fields are filled here
             ds.deepspeed_config['train_micro_batch_size_per_gpu'] = cfg.micro_batch * cfg.num_generations
@@ -526,7 +530,7 @@ def plot_grpo_history(history:pd.DataFrame, evals:pd.DataFrame|None=None, path=N
         with atomic_write(path, 'wb') as f: fig.savefig(f, format='png', dpi=110)
     return fig
 
-# %% ../nbs/12_grpo.ipynb #d27b8a25
+# %% ../nbs/12_grpo.ipynb #9b560630
 @dataclass
 class GRPORunConfig(Config):
     "A GRPO run from the command line: SFT checkpoint, SID index, data, and the GRPO / reward settings."
@@ -557,8 +561,8 @@ def run_grpo(cfg:GRPORunConfig) -> GRPOResult:
     from minionerec.data import load_published
     from minionerec.model import load_checkpoint
     if cfg.threads: torch.set_num_threads(cfg.threads)
-    _, accum = process_plan(cfg.grpo, PartialState().num_processes)
-    acc = Accelerator(gradient_accumulation_steps=accum, mixed_precision='bf16' if cfg.grpo.bf16 else 'no')
+    _, accum = process_plan(cfg.grpo, PartialState(cpu=_multi_cpu()).num_processes)
+    acc = Accelerator(gradient_accumulation_steps=accum, mixed_precision='bf16' if cfg.grpo.bf16 else 'no', cpu=_multi_cpu())
     data = load_published(cfg.data_root, cfg.data_name)
     index = _load_index(cfg, data)
     model, tokenizer = load_checkpoint(cfg.checkpoint)

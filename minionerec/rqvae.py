@@ -90,10 +90,10 @@ def level_stats(codes, codebook_sizes) -> pd.DataFrame:
         rows.append({'level': l + 1, 'K': K, 'used': int((u > 0).sum()), 'perplexity': float(perplexity(u)), 'max_items': int(u.max())})
     return pd.DataFrame(rows)
 
-# %% ../nbs/03_rqvae.ipynb #b1a560c7
+# %% ../nbs/03_rqvae.ipynb #e9189449
 @dataclass
 class RQVAEConfig(Config):
-    "RQ-VAE architecture and training (defaults = the paper's setting)."
+    "RQ-VAE architecture and training (defaults = the paper's setting plus input standardisation and dead-code revival)."
     hidden: tuple[int, ...] = (512, 256, 128, 64)  # encoder MLP widths between input and code_dim; the decoder mirrors them
     code_dim: int = 32            # size of the latent and of every code vector
     n_levels: int = 3             # L: codes per item (SID length)
@@ -108,6 +108,7 @@ class RQVAEConfig(Config):
     standardize: bool = True      # centre the embeddings and scale them to unit average variance before the encoder (see below)
     kmeans_init: bool = True      # initialise every codebook by k-means on the first batch's residuals
     kmeans_iters: int = 100       # Lloyd iterations of that initialisation
+    revive_dead: bool = True      # after every epoch, move codes no item used onto random residuals of that level (not in the paper)
     log_every: int = 1            # evaluate codes (collisions, usage) every this many epochs (and at the last)
     keep_best: bool = True        # return the logged state with the fewest collisions (ties: the later one), as LC-Rec keeps its best checkpoint
     device: str|None = None       # torch device; None = cuda if available else cpu
@@ -126,11 +127,11 @@ class RQVAEConfig(Config):
     @classmethod
     def tiny(cls): return cls(hidden=(32, 16), code_dim=8, codebook_size=16, epochs=60, kmeans_iters=10, log_every=5)
     @classmethod
-    def paper(cls): return cls()
+    def paper(cls): return cls(standardize=False, revive_dead=False)
     @classmethod
     def cpu(cls): "Paper architecture and 3 x 256 codes, CPU-sized training (a few hundred full-batch epochs)."; return cls(epochs=500, log_every=10)
 
-# %% ../nbs/03_rqvae.ipynb #eb929c7b
+# %% ../nbs/03_rqvae.ipynb #a6f4992f
 def sq_dists(x:torch.Tensor, c:torch.Tensor) -> torch.Tensor:
     "Squared euclidean distances (N, K) between rows of `x` (N, d) and `c` (K, d)."
     return (x.pow(2).sum(1, keepdim=True) - 2 * x @ c.T + c.pow(2).sum(1)).clamp_min_(0)
@@ -183,6 +184,16 @@ class ResidualQuantizer(nn.Module):
         qsum = torch.stack(qs).sum(0)
         zq = z + (qsum - z).detach()                                            # straight-through
         return RQOutput(zq, torch.stack(codes, 1), torch.stack(losses).mean(), torch.stack(res, 1))
+
+    @torch.no_grad()
+    def revive(self, codes:torch.Tensor, residuals:torch.Tensor, generator:torch.Generator|None=None) -> list[int]:
+        "Move every code unused in `codes` (B, L) onto a random residual of its level (`residuals` (B, L+1, d)); returns counts per level."
+        n = []
+        for l, C in enumerate(self.codebooks):
+            dead = torch.bincount(codes[:, l], minlength=len(C)) == 0
+            k = int(dead.sum()); n.append(k)
+            if k: C[dead] = residuals[torch.randint(len(residuals), (k,), generator=generator).to(C.device), l].to(C.dtype)
+        return n
 
     def vectors(self, codes:torch.Tensor) -> torch.Tensor:
         "Sum of the selected code vectors (B, d) for `codes` (B, L)."
@@ -260,7 +271,7 @@ class RQVAE(nn.Module):
         "Decoder output for code tuples (B, L), in embedding units: what the SID alone reconstructs."
         return self.decoder(self.rq.vectors(codes)) * self.scale + self.shift
 
-# %% ../nbs/03_rqvae.ipynb #fe208133
+# %% ../nbs/03_rqvae.ipynb #ac90e95b
 def _log_row(epoch, tot, rec, qua, codes, sizes) -> dict:
     row = {'epoch': epoch, 'loss': tot, 'recon_loss': rec, 'quant_loss': qua, 'collision_rate': collision_rate(codes)}
     for l, K in enumerate(sizes):
@@ -286,7 +297,7 @@ def train_rqvae(emb, cfg:RQVAEConfig|None=None) -> QuantizeResult:
     for ep in bar:
         model.train()
         perm = torch.randperm(n, generator=g).to(dev) if bs < n else torch.arange(n, device=dev)
-        sums = torch.zeros(3, device=dev)
+        sums, ep_codes, ep_res = torch.zeros(3, device=dev), [], []
         for s in range(0, n, bs):
             xb = x[perm[s:s + bs]]
             if cfg.kmeans_init and not bool(model.rq.initialized):
@@ -295,6 +306,8 @@ def train_rqvae(emb, cfg:RQVAEConfig|None=None) -> QuantizeResult:
             loss, recon = model.losses(xb, out, cfg.quant_weight)
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
             sums += torch.stack([loss.detach(), recon.detach(), out.quant_loss.detach()]) * len(xb)
+            if cfg.revive_dead: ep_codes.append(out.codes); ep_res.append(out.residuals.detach())
+        if cfg.revive_dead: model.rq.revive(torch.cat(ep_codes), torch.cat(ep_res), g)
         if (ep + 1) % cfg.log_every == 0 or ep + 1 == cfg.epochs:
             codes = model.encode(x)[0].cpu().numpy()
             row = _log_row(ep + 1, *(sums / n).tolist(), codes, cfg.codebook_sizes)

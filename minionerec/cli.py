@@ -47,3 +47,7 @@ def main(argv=None) -> int:
     print(f'minionerec {args.cmd}: {len(done)} stage(s) in {t.seconds:.0f}s; run directory {cfg.run_dir}')
     if 'report' in done: print(f'report: {rep}')
     return 0
+
+# %% ../nbs/13a_cli.ipynb #06c7fb3d
+if __name__ == '__main__' and Path(sys.argv[0]).name == 'cli.py':   # `python -m minionerec.cli`, `torchrun -m minionerec.cli` (not notebooks)
+    sys.exit(main())

@@ -27,10 +27,10 @@ from .rewards import RewardConfig
 from .grpo import GRPOConfig, train_grpo, rl_examples
 
 # %% auto #0
-__all__ = ['STAGES', 'STAGE_NAMES', 'STAGE', 'DataSection', 'SIDSection', 'BaselinesSection', 'PipelineConfig', 'fingerprint',
-           'Stage', 'RunContext', 'stage_prepare', 'stage_embed', 'stage_sid', 'catalogue_texts', 'stage_sft',
-           'stage_evaluate', 'stage_rl', 'stage_report', 'stage_fingerprints', 'check_config', 'run_pipeline', 'preset',
-           'load_config', 'plan_run']
+__all__ = ['STAGES', 'STAGE_NAMES', 'STAGE', 'DISTRIBUTED_STAGES', 'DataSection', 'SIDSection', 'BaselinesSection',
+           'PipelineConfig', 'fingerprint', 'Stage', 'RunContext', 'stage_prepare', 'stage_embed', 'stage_sid',
+           'catalogue_texts', 'stage_sft', 'stage_evaluate', 'stage_rl', 'stage_report', 'is_main_process',
+           'stage_fingerprints', 'check_config', 'run_pipeline', 'preset', 'load_config', 'plan_run']
 
 # %% ../nbs/13_pipeline.ipynb #8481223b
 @dataclass
@@ -179,7 +179,7 @@ def stage_sid(ctx:RunContext, out:Path) -> dict:
     return {'items': index.n_items, 'levels': index.n_levels, 'colliding_items_before': raw_collisions,
             'colliding_items_after': int(rep['colliding_items'])}
 
-# %% ../nbs/13_pipeline.ipynb #b645ee73
+# %% ../nbs/13_pipeline.ipynb #a5d748a6
 def catalogue_texts(data:RecData) -> list[str]:
     "Titles and descriptions: what a tiny backbone's BPE tokenizer is trained on."
     return [t for t in data.items['title'].tolist() + data.items['description'].tolist() if t]
@@ -195,6 +195,7 @@ def stage_sft(ctx:RunContext, out:Path) -> dict:
     valid = build_mixture(data, index, 'valid', cfg.tasks, seed=cfg.seed)
     res = train_sft(cfg.sft, model, tok, train, valid, out_dir=out)
     ckpt = res.best_checkpoint or res.last_checkpoint
+    if not is_main_process(): return {}
     from minionerec.sft import plot_losses
     plot_losses(res.history, out/'loss_curves.png')
     import matplotlib.pyplot as plt; plt.close('all')
@@ -231,6 +232,7 @@ def stage_rl(ctx:RunContext, out:Path) -> dict:
     train = rl_examples(data, index, 'train', tasks=cfg.rl.tasks)
     valid = rl_examples(data, index, 'valid', tasks=('rec',))
     res = train_grpo(cfg.rl, model, tok, index, train, valid, out_dir=out, reward_cfg=cfg.rewards)
+    if not is_main_process(): return {}
     if not (out/'checkpoint').exists():   # train_grpo writes it when given out_dir; keep the contract explicit
         save_checkpoint(res.model, tok, out/'checkpoint', extra={'stage': 'grpo', 'best_step': res.best_step})
     res.model.eval()
@@ -276,7 +278,11 @@ STAGES = [
 STAGE_NAMES = tuple(s.name for s in STAGES)
 STAGE = {s.name: s for s in STAGES}
 
-# %% ../nbs/13_pipeline.ipynb #d4bc89f4
+# %% ../nbs/13_pipeline.ipynb #ed926259
+DISTRIBUTED_STAGES = ('sft', 'rl')   # the stages that may run under `accelerate launch` / `torchrun`
+
+def is_main_process() -> bool: return int(os.environ.get('RANK', 0)) == 0
+
 def stage_fingerprints(cfg:PipelineConfig) -> dict:
     "The fingerprint of every stage: its config sections plus its upstream stages' fingerprints."
     fps = {}
@@ -301,9 +307,14 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None) -> dic
     if bad: raise ConfigError(f'unknown stage {bad[0]!r}; stages are {list(STAGE_NAMES)}')
     if force is True: force = stages
     if run_dir is not None: cfg = cfg.replace(run_dir=str(run_dir))
+    world = int(os.environ.get('WORLD_SIZE', 1))
+    if world > 1 and any(s not in DISTRIBUTED_STAGES for s in stages):
+        raise ConfigError(f'under a {world}-process launch only {list(DISTRIBUTED_STAGES)} can run; run '
+                          f'{[s for s in stages if s not in DISTRIBUTED_STAGES]} in one process first (`minionerec pipeline --set stages=...`)')
     check_config(cfg, stages)
     ctx = RunContext(cfg); ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(ctx.path('config.yaml'))
+    main = is_main_process()
+    if main: cfg.to_yaml(ctx.path('config.yaml'))
     fps, out = stage_fingerprints(cfg), {}
     for s in STAGES:
         if s.name not in stages: continue
@@ -313,11 +324,12 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None) -> dic
         if s.name != 'report' and s.name not in force and s.is_complete(ctx.run_dir, fps[s.name]):
             ctx.log.info(f'{s.name}: complete, skipped'); out[s.name] = read_json(s.done_path(ctx.run_dir)); continue
         d = ctx.path(s.name); d.mkdir(parents=True, exist_ok=True)
-        if s.done_path(ctx.run_dir).exists(): s.done_path(ctx.run_dir).unlink()
+        if main and s.done_path(ctx.run_dir).exists(): s.done_path(ctx.run_dir).unlink()
         ctx.log.info(f'{s.name}: running')
         with Timer() as t: metrics = s.run(ctx, d)
         rec = {'stage': s.name, 'fingerprint': fps[s.name], 'needs': {n: fps[n] for n in s.needs}, 'seconds': round(t.seconds, 2), 'metrics': metrics}
-        write_json(s.done_path(ctx.run_dir), rec); out[s.name] = rec
+        if main: write_json(s.done_path(ctx.run_dir), rec)
+        out[s.name] = rec
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
 

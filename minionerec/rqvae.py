@@ -90,7 +90,7 @@ def level_stats(codes, codebook_sizes) -> pd.DataFrame:
         rows.append({'level': l + 1, 'K': K, 'used': int((u > 0).sum()), 'perplexity': float(perplexity(u)), 'max_items': int(u.max())})
     return pd.DataFrame(rows)
 
-# %% ../nbs/03_rqvae.ipynb #e9189449
+# %% ../nbs/03_rqvae.ipynb #1103d01a
 @dataclass
 class RQVAEConfig(Config):
     "RQ-VAE architecture and training (defaults = the paper's setting plus input standardisation and dead-code revival)."
@@ -129,7 +129,7 @@ class RQVAEConfig(Config):
     @classmethod
     def paper(cls): return cls(standardize=False, revive_dead=False)
     @classmethod
-    def cpu(cls): "Paper architecture and 3 x 256 codes, CPU-sized training (a few hundred full-batch epochs)."; return cls(epochs=500, log_every=10)
+    def cpu(cls): "Paper architecture and 3 x 256 codes, CPU-sized training (a few hundred full-batch epochs)."; return cls(epochs=300, log_every=10)
 
 # %% ../nbs/03_rqvae.ipynb #a6f4992f
 def sq_dists(x:torch.Tensor, c:torch.Tensor) -> torch.Tensor:

@@ -22,10 +22,10 @@ from .data import SyntheticConfig, make_synthetic, load_published
 from .tasks import TaskMixConfig, build_mixture
 
 # %% auto #0
-__all__ = ['IGNORE', 'SFTConfig', 'batch_plan', 'tokenize_example', 'collate', 'toy_examples', 'toy_backbone', 'epoch_batches',
-           'rank_micro_batches', 'cosine_lr', 'token_losses', 'task_sums', 'load_weights', 'plot_losses', 'SFTResult',
-           'sft_loss', 'train_sft', 'scaling_sizes', 'scaling_curves', 'plot_scaling', 'SFTDataConfig', 'SFTRunConfig',
-           'run_sft', 'main']
+__all__ = ['IGNORE', 'SFTConfig', 'batch_plan', 'tokenize_example', 'tokenize_examples', 'collate', 'toy_examples',
+           'toy_backbone', 'epoch_batches', 'rank_micro_batches', 'cosine_lr', 'token_losses', 'task_sums',
+           'load_weights', 'plot_losses', 'SFTResult', 'sft_loss', 'train_sft', 'scaling_sizes', 'scaling_curves',
+           'plot_scaling', 'SFTDataConfig', 'SFTRunConfig', 'run_sft', 'main']
 
 # %% ../nbs/07_sft.ipynb #c3633b27
 @dataclass
@@ -97,7 +97,7 @@ def batch_plan(global_batch:int, micro_batch:int, world_size:int=1) -> int:
     else: msg += f' (global_batch_size must be a multiple of world_size={world_size} for any micro batch)'
     raise ConfigError(msg)
 
-# %% ../nbs/07_sft.ipynb #eb59e2e9
+# %% ../nbs/07_sft.ipynb #677bbbea
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
 
 def _eos_id(tokenizer) -> int:
@@ -107,16 +107,28 @@ def _eos_id(tokenizer) -> int:
 def _pad_id(tokenizer) -> int:
     return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer))
 
-def tokenize_example(ex:dict, tokenizer, max_length:int) -> dict:
-    "`prompt ids + target ids + [eos]`, labels `-100` on the prompt; the prompt is left-truncated to fit `max_length`."
-    eos = _eos_id(tokenizer)
-    p = list(tokenizer(ex['prompt'], add_special_tokens=True)['input_ids'])
+def _fit(p:list[int], t:list[int], eos:int, max_length:int, task:str) -> dict:
+    "Join prompt ids `p` and target ids `t` (+ eos) into one example of at most `max_length` tokens."
     if p and p[-1] == eos: p = p[:-1]  # tokenizers that append EOS to every text: the prompt must not end the answer
-    t = list(tokenizer(ex['target'], add_special_tokens=False)['input_ids']) + [eos]
+    t = list(t) + [eos]
     truncated = len(p) + len(t) > max_length
     if len(t) > max_length - 1: t = t[:max_length - 1]
-    p = p[len(p) - (max_length - len(t)):] if len(p) + len(t) > max_length else p
-    return {'input_ids': p + t, 'labels': [IGNORE] * len(p) + t, 'task': ex.get('task', 'default'), 'truncated': truncated}
+    p = list(p[len(p) - (max_length - len(t)):]) if len(p) + len(t) > max_length else list(p)
+    return {'input_ids': p + t, 'labels': [IGNORE] * len(p) + t, 'task': task, 'truncated': truncated}
+
+def tokenize_example(ex:dict, tokenizer, max_length:int) -> dict:
+    "`prompt ids + target ids + [eos]`, labels `-100` on the prompt; the prompt is left-truncated to fit `max_length`."
+    return tokenize_examples([ex], tokenizer, max_length)[0]
+
+def tokenize_examples(examples:list[dict], tokenizer, max_length:int, chunk:int=4096) -> list[dict]:
+    "`tokenize_example` for a list, tokenizing prompts and targets in batches (much faster for large mixtures)."
+    eos, out = _eos_id(tokenizer), []
+    for i in range(0, len(examples), chunk):
+        part = examples[i:i + chunk]
+        ps = tokenizer([e['prompt'] for e in part], add_special_tokens=True)['input_ids']
+        ts = tokenizer([e['target'] for e in part], add_special_tokens=False)['input_ids']
+        out += [_fit(p, t, eos, max_length, e.get('task', 'default')) for p, t, e in zip(ps, ts, part)]
+    return out
 
 def collate(features:list[dict], pad_id:int) -> dict:
     "Right-pad a list of tokenized examples into `input_ids`, `attention_mask`, `labels` tensors of shape (B, T)."
@@ -290,7 +302,7 @@ def _check_resumable(saved:dict, cfg:SFTConfig, path:Path):
     diff = {k: (saved.get(k), now[k]) for k in now if k not in _RESUME_IGNORES and saved.get(k) != now[k]}
     if diff: raise ConfigError(f'{path} was trained with a different config ({diff}; saved, now): use another output_dir or resume=False')
 
-# %% ../nbs/07_sft.ipynb #f263529e
+# %% ../nbs/07_sft.ipynb #cdccbbde
 def _evaluate(model, data:list[dict], task_ids:list[int], n_tasks:int, batch_size:int, pad_id:int, device, rank:int=0,
               world:int=1, reduce:Callable|None=None, autocast=contextlib.nullcontext) -> tuple[np.ndarray, np.ndarray]:
     "Summed loss and token count per task over `data`: process `rank` takes every `world`-th example, `reduce` sums over processes."
@@ -310,7 +322,7 @@ def _evaluate(model, data:list[dict], task_ids:list[int], n_tasks:int, batch_siz
 
 def sft_loss(model, tokenizer, examples:list[dict], max_length:int=512, batch_size:int=16) -> dict:
     "Completion-only loss of `model` on `examples` (one process): `{'all': token mean, task: token mean, ...}`."
-    data = [tokenize_example(e, tokenizer, max_length) for e in examples]
+    data = tokenize_examples(list(examples), tokenizer, max_length)
     tasks = sorted({d['task'] for d in data}); tix = {t: i for i, t in enumerate(tasks)}
     dev = next(model.parameters()).device
     sums, cnts = _evaluate(model, data, [tix[d['task']] for d in data], len(tasks), batch_size, _pad_id(tokenizer), dev)
@@ -322,7 +334,7 @@ def _loss_rows(step, epoch, split, tasks, sums, cnts, **extra) -> list[dict]:
              for t, s, c in zip(tasks, sums, cnts) if c > 0]
     return rows
 
-# %% ../nbs/07_sft.ipynb #3201826f
+# %% ../nbs/07_sft.ipynb #73887d1c
 def train_sft(cfg:SFTConfig, model, tokenizer, train_examples:list[dict], valid_examples:list[dict]|None=None,
               out_dir=None, on_step:Callable|None=None, finish:bool=True) -> SFTResult:
     "Fine-tune `model` on `train_examples` (dicts with prompt, target, task); early-stop on `valid_examples`; resumable."
@@ -338,8 +350,8 @@ def train_sft(cfg:SFTConfig, model, tokenizer, train_examples:list[dict], valid_
     valid_examples = list(valid_examples or [])
     tasks = sorted({e.get('task', 'default') for e in list(train_examples) + valid_examples})
     tix = {t: i for i, t in enumerate(tasks)}
-    train = [tokenize_example(e, tokenizer, cfg.max_length) for e in train_examples]
-    valid = [tokenize_example(e, tokenizer, cfg.max_length) for e in valid_examples]
+    train = tokenize_examples(list(train_examples), tokenizer, cfg.max_length)
+    valid = tokenize_examples(valid_examples, tokenizer, cfg.max_length)
     n_trunc = sum(f_['truncated'] for f_ in train + valid)
     if n_trunc and acc.is_main_process: log.warning(f'{n_trunc} of {len(train) + len(valid)} examples exceed max_length={cfg.max_length}: prompts cut from the left')
     train_tasks, valid_tasks = [tix[f_['task']] for f_ in train], [tix[f_['task']] for f_ in valid]

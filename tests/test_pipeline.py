@@ -73,3 +73,20 @@ def test_shipped_configs_load():
     for p in (REPO/'configs').glob('*.yaml'):
         r = cli('config', '--config', str(p))
         assert r.returncode == 0, (p, r.stderr)
+
+def test_sft_stage_under_torchrun_two_processes(tiny_run, tmp_path):
+    import shutil
+    run, _ = tiny_run
+    copy = tmp_path/'run2'; shutil.copytree(run, copy)
+    env = {**os.environ, 'OMP_WAIT_POLICY': 'PASSIVE', 'HF_HUB_OFFLINE': '1', 'MINIONEREC_QUIET': '1', 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run(['torchrun', '--nproc_per_node', '2', '--master_port', '29533', '-m', 'minionerec.cli', 'sft',
+                        '--config', 'tiny', '--run-dir', str(copy), '--force'], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = json.loads((copy/'sft'/'DONE.json').read_text())
+    assert done['metrics']['steps'] > 0 and (copy/'sft'/done['metrics']['checkpoint']/'config.json').exists()
+    r = cli('evaluate', '--config', 'tiny', '--run-dir', str(copy), '--force')      # the 2-process checkpoint evaluates
+    assert r.returncode == 0, r.stderr[-3000:]
+    # non-distributed stages refuse to run under a multi-process launch
+    r = subprocess.run([sys.executable, '-m', 'minionerec.cli', 'prepare', '--config', 'tiny', '--run-dir', str(copy)],
+                       capture_output=True, text=True, env={**env, 'WORLD_SIZE': '2'}, timeout=120)
+    assert r.returncode == 2 and 'only' in r.stderr and 'prepare' in r.stderr

@@ -333,7 +333,7 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None) -> dic
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
 
-# %% ../nbs/13_pipeline.ipynb #65a07148
+# %% ../nbs/13_pipeline.ipynb #051d83ff
 def preset(name:str) -> PipelineConfig:
     "A named config: 'tiny' (tests), 'demo' (README main job), 'industrial' (real data on CPU), 'paper' (GPU servers)."
     if name == 'tiny':
@@ -355,12 +355,15 @@ def preset(name:str) -> PipelineConfig:
     if name == 'industrial':
         return PipelineConfig(run_dir='runs/industrial', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig(batch_size=64),
-                              sid=SIDSection(rqvae=RQVAEConfig(epochs=1500, log_every=100)),
-                              model=ModelConfig(hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=768, vocab_size=4000),
-                              sft=SFTConfig(lr=1e-3, warmup_ratio=0.03, epochs=6, patience=2, global_batch_size=128, micro_batch_size=32, max_length=256),
-                              eval=EvalConfig(num_beams=50, batch_size=16),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(), gru4rec=GRU4RecConfig()),
-                              rl=GRPOConfig(num_generations=16, prompts_per_step=32, micro_batch=4, lr=1e-5, max_minutes=20, eval_every=20))
+                              sid=SIDSection(rqvae=RQVAEConfig.cpu()),
+                              model=ModelConfig(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384, vocab_size=3000),
+                              tasks=TaskMixConfig(title2sid=0.5, sid2title=0.5, sid_hist2title=0.5, sid_hist2desc=0.5, title_hist2sid=0.5, preference=0.5),
+                              sft=SFTConfig(lr=2e-3, warmup_ratio=0.03, epochs=3, max_steps=1200, patience=2, eval_every=200,
+                                            global_batch_size=64, micro_batch_size=32, max_length=192),
+                              eval=EvalConfig(num_beams=20, batch_size=32),
+                              baselines=BaselinesSection(sasrec=SASRecConfig()),
+                              rl=GRPOConfig(num_generations=16, prompts_per_step=32, micro_batch=4, lr=2e-5, max_minutes=15, eval_every=20,
+                                            eval_max_users=300, beam_batch_size=16))
     if name == 'paper':
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),

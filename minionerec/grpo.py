@@ -19,7 +19,7 @@ from .rewards import RewardConfig, score_groups
 __all__ = ['RL_TASKS', 'GRPOConfig', 'process_plan', 'group_advantages', 'completion_logprobs', 'kl_k3', 'loss_terms',
            'grpo_loss', 'Rollout', 'generate_rollouts', 'rl_examples', 'encode_prompts', 'sid_completions', 'left_pad',
            'build_batch', 'lr_multiplier', 'RecGRPOTrainer', 'GRPOResult', 'train_grpo', 'plot_grpo_history',
-           'GRPORunConfig', 'run_grpo', 'main', 'rollout_rewards']
+           'rollout_rewards', 'GRPORunConfig', 'run_grpo', 'main']
 
 # %% ../nbs/12_grpo.ipynb #56b59614
 @dataclass
@@ -530,6 +530,14 @@ def plot_grpo_history(history:pd.DataFrame, evals:pd.DataFrame|None=None, path=N
         with atomic_write(path, 'wb') as f: fig.savefig(f, format='png', dpi=110)
     return fig
 
+# %% ../nbs/12_grpo.ipynb #0dd26e44
+def rollout_rewards(model, tokenizer, examples:list, trie, num_generations:int=16, batch_size:int=8,
+                    reward_cfg:RewardConfig|None=None, phase:str|None=None, scorer=None) -> pd.DataFrame:
+    "Long table (reward, task, value, phase) of the rewards of `model`'s constrained-beam groups on `examples`."
+    from minionerec.rewards import rewards_frame
+    ro = generate_rollouts(model, tokenizer, examples, trie, num_generations, batch_size)
+    return rewards_frame(score_groups(ro.items, ro.targets, reward_cfg or RewardConfig(), scorer, ro.histories), ro.tasks, phase)
+
 # %% ../nbs/12_grpo.ipynb #9b560630
 @dataclass
 class GRPORunConfig(Config):
@@ -595,11 +603,3 @@ def main(config:str=None, # YAML file of a `GRPORunConfig` (required)
 # the module is the script being run, and `main` is then its return value); the guard covers fastcore versions that
 # only wrap, and never fires in a notebook (no `__file__`).
 if __name__ == '__main__' and '__file__' in globals() and callable(main): main()
-
-# %% ../nbs/12_grpo.ipynb #0dd26e44
-def rollout_rewards(model, tokenizer, examples:list, trie, num_generations:int=16, batch_size:int=8,
-                    reward_cfg:RewardConfig|None=None, phase:str|None=None, scorer=None) -> pd.DataFrame:
-    "Long table (reward, task, value, phase) of the rewards of `model`'s constrained-beam groups on `examples`."
-    from minionerec.rewards import rewards_frame
-    ro = generate_rollouts(model, tokenizer, examples, trie, num_generations, batch_size)
-    return rewards_frame(score_groups(ro.items, ro.targets, reward_cfg or RewardConfig(), scorer, ro.histories), ro.tasks, phase)

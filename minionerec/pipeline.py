@@ -53,7 +53,7 @@ class SIDSection(Config):
     rqkmeans: RQKMeansConfig = field(default_factory=RQKMeansConfig)
     resolve: Literal['hungarian', 'sinkhorn', 'nearest'] = 'hungarian'  # collision resolution of `build_sid_index`
 
-# %% ../nbs/13_pipeline.ipynb #eb9cc9ab
+# %% ../nbs/13_pipeline.ipynb #c157f253
 @dataclass
 class BaselinesSection(Config):
     "Which baselines the evaluate stage trains and scores on the same split with the same metric code."
@@ -68,6 +68,7 @@ class PipelineConfig(Config):
     seed: int = 42                # global seed (stages also keep their own)
     world_size: int = 0           # processes of the SFT/RL launch for batch planning (0 = $WORLD_SIZE, else 1)
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # stages `pipeline` runs, in order
+    max_valid_examples: int|None = 2000  # SFT validation examples (seeded subset of the valid mixture; None = all): they run at every evaluation
     data: DataSection = field(default_factory=DataSection)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     sid: SIDSection = field(default_factory=SIDSection)
@@ -179,7 +180,7 @@ def stage_sid(ctx:RunContext, out:Path) -> dict:
     return {'items': index.n_items, 'levels': index.n_levels, 'colliding_items_before': raw_collisions,
             'colliding_items_after': int(rep['colliding_items'])}
 
-# %% ../nbs/13_pipeline.ipynb #a5d748a6
+# %% ../nbs/13_pipeline.ipynb #cc932220
 def catalogue_texts(data:RecData) -> list[str]:
     "Titles and descriptions: what a tiny backbone's BPE tokenizer is trained on."
     return [t for t in data.items['title'].tolist() + data.items['description'].tolist() if t]
@@ -193,6 +194,9 @@ def stage_sft(ctx:RunContext, out:Path) -> dict:
     model = apply_training_mode(model, cfg.model, new_ids)
     train = build_mixture(data, index, 'train', cfg.tasks, seed=cfg.seed)
     valid = build_mixture(data, index, 'valid', cfg.tasks, seed=cfg.seed)
+    if cfg.max_valid_examples is not None and len(valid) > cfg.max_valid_examples:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(valid), cfg.max_valid_examples, replace=False))
+        valid = [valid[i] for i in keep]
     res = train_sft(cfg.sft, model, tok, train, valid, out_dir=out)
     ckpt = res.best_checkpoint or res.last_checkpoint
     if not is_main_process(): return {}
@@ -265,12 +269,12 @@ def stage_report(ctx:RunContext, out:Path) -> dict:
     write_text(out/'report.md', '\n'.join(lines) + '\n')
     return {'report': str(out/'report.md'), 'models': list(results)}
 
-# %% ../nbs/13_pipeline.ipynb #05c58364
+# %% ../nbs/13_pipeline.ipynb #d59387ed
 STAGES = [
     Stage('prepare', stage_prepare, ('data', 'seed'), (), ('data', 'dataset_report.json')),
     Stage('embed', stage_embed, ('embed',), ('prepare',), ('embeddings.npy',)),
     Stage('sid', stage_sid, ('sid',), ('prepare', 'embed'), ('index.json',)),
-    Stage('sft', stage_sft, ('model', 'tasks', 'sft', 'seed'), ('prepare', 'sid'), ('history.csv',)),
+    Stage('sft', stage_sft, ('model', 'tasks', 'sft', 'seed', 'max_valid_examples'), ('prepare', 'sid'), ('history.csv',)),
     Stage('evaluate', stage_evaluate, ('eval', 'baselines'), ('prepare', 'sid', 'sft'), ('metrics.json', 'results.md')),
     Stage('rl', stage_rl, ('rl', 'rewards', 'eval'), ('prepare', 'sid', 'sft'), ('checkpoint', 'metrics.json')),
     Stage('report', stage_report, (), ('prepare',), ('report.md',)),
@@ -333,7 +337,7 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None) -> dic
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
 
-# %% ../nbs/13_pipeline.ipynb #051d83ff
+# %% ../nbs/13_pipeline.ipynb #07218b8a
 def preset(name:str) -> PipelineConfig:
     "A named config: 'tiny' (tests), 'demo' (README main job), 'industrial' (real data on CPU), 'paper' (GPU servers)."
     if name == 'tiny':
@@ -345,9 +349,10 @@ def preset(name:str) -> PipelineConfig:
         return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
                               embed=EmbedConfig(batch_size=64, max_length=128),
                               sid=SIDSection(rqvae=RQVAEConfig(hidden=(256, 128, 64), codebook_size=32, epochs=500, log_every=50)),
-                              model=ModelConfig(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000),
-                              tasks=TaskMixConfig(max_per_task=1500),
-                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=2, patience=2, global_batch_size=32, micro_batch_size=32, max_length=192),
+                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000),
+                              tasks=TaskMixConfig(max_per_task=1000), max_valid_examples=500,
+                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=2, patience=2, global_batch_size=32, micro_batch_size=32,
+                                            max_length=128, eval_every=100),
                               eval=EvalConfig(num_beams=20, batch_size=32, max_users=300),
                               baselines=BaselinesSection(sasrec=SASRecConfig(epochs=30, patience=5)),
                               rl=GRPOConfig(num_generations=8, prompts_per_step=16, micro_batch=4, max_steps=20, lr=1e-4,
@@ -356,10 +361,10 @@ def preset(name:str) -> PipelineConfig:
         return PipelineConfig(run_dir='runs/industrial', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig(batch_size=64),
                               sid=SIDSection(rqvae=RQVAEConfig.cpu()),
-                              model=ModelConfig(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384, vocab_size=3000),
+                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=3000),
                               tasks=TaskMixConfig(title2sid=0.5, sid2title=0.5, sid_hist2title=0.5, sid_hist2desc=0.5, title_hist2sid=0.5, preference=0.5),
-                              sft=SFTConfig(lr=2e-3, warmup_ratio=0.03, epochs=3, max_steps=1200, patience=2, eval_every=200,
-                                            global_batch_size=64, micro_batch_size=32, max_length=192),
+                              sft=SFTConfig(lr=2e-3, warmup_ratio=0.03, epochs=3, max_steps=1000, patience=3, eval_every=250,
+                                            global_batch_size=64, micro_batch_size=32, max_length=128), max_valid_examples=1000,
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig()),
                               rl=GRPOConfig(num_generations=16, prompts_per_step=32, micro_batch=4, lr=2e-5, max_minutes=15, eval_every=20,

@@ -19,7 +19,7 @@ __all__ = ['QuantizeResult', 'code_usage', 'perplexity', 'collision_rate', 'n_co
            'sq_dists', 'kmeans_torch', 'RQOutput', 'ResidualQuantizer', 'mlp', 'RQVAEOutput', 'RQVAE', 'train_rqvae',
            'plot_history']
 
-# %% ../nbs/03_rqvae.ipynb #b5de69f5
+# %% ../nbs/03_rqvae.ipynb #e93a3fc6
 @dataclass
 class QuantizeResult:
     "Codes of every item plus what the SID stage needs to resolve collisions."
@@ -27,7 +27,7 @@ class QuantizeResult:
     last_dists: np.ndarray     # (N, K_last) float32 squared distances of item i's last-level residual to each last-level code
     codebook_sizes: list[int]  # K of each level
     history: pd.DataFrame      # training log (RQ-VAE: one row per logged epoch; RQ-KMeans: one row per level)
-    model: Any = None          # the trained `RQVAE` (None for k-means)
+    model: Any = None          # the trained quantizer (`RQVAE`, or `RQKMeans` centroids), or None
 
     def __post_init__(self):
         self.codes = np.asarray(self.codes).astype(np.int64, copy=False)

@@ -334,7 +334,7 @@ def _loss_rows(step, epoch, split, tasks, sums, cnts, **extra) -> list[dict]:
              for t, s, c in zip(tasks, sums, cnts) if c > 0]
     return rows
 
-# %% ../nbs/07_sft.ipynb #73887d1c
+# %% ../nbs/07_sft.ipynb #28884234
 def train_sft(cfg:SFTConfig, model, tokenizer, train_examples:list[dict], valid_examples:list[dict]|None=None,
               out_dir=None, on_step:Callable|None=None, finish:bool=True) -> SFTResult:
     "Fine-tune `model` on `train_examples` (dicts with prompt, target, task); early-stop on `valid_examples`; resumable."
@@ -404,7 +404,7 @@ def train_sft(cfg:SFTConfig, model, tokenizer, train_examples:list[dict], valid_
         st['history'] += rows
         cur = {r['task']: r['loss'] for r in rows}.get(cfg.monitor)
         if cur is None: raise ConfigError(f"SFTConfig.monitor={cfg.monitor!r} is not 'all' or a validation task ({tasks})")
-        if cur < st['best'] - cfg.min_delta:
+        if cur < st['best'] - cfg.min_delta or step == 0:
             st.update(best=cur, best_step=step, bad_evals=0); save(best, full=False)
         else: st['bad_evals'] += 1
         return bool(cfg.patience) and st['bad_evals'] >= cfg.patience
@@ -412,6 +412,7 @@ def train_sft(cfg:SFTConfig, model, tokenizer, train_examples:list[dict], valid_
     model.train()
     bar = progress(total=total, initial=st['step'], desc='sft', disable=None if acc.is_main_process else True)
     order_epoch, order = None, None
+    if valid and not st['history']: st['stopped'] = validate_now(0, 0)   # the starting point of the validation curve
     while st['step'] < total and not st['stopped']:
         step = st['step']; epoch, k = divmod(step, steps_per_epoch)
         if epoch != order_epoch: order, order_epoch = epoch_batches(len(train), epoch, cfg.seed, cfg.global_batch_size), epoch

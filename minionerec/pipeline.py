@@ -337,7 +337,7 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None) -> dic
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
 
-# %% ../nbs/13_pipeline.ipynb #07218b8a
+# %% ../nbs/13_pipeline.ipynb #52041bcf
 def preset(name:str) -> PipelineConfig:
     "A named config: 'tiny' (tests), 'demo' (README main job), 'industrial' (real data on CPU), 'paper' (GPU servers)."
     if name == 'tiny':
@@ -363,11 +363,11 @@ def preset(name:str) -> PipelineConfig:
                               sid=SIDSection(rqvae=RQVAEConfig.cpu()),
                               model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=3000),
                               tasks=TaskMixConfig(title2sid=0.5, sid2title=0.5, sid_hist2title=0.5, sid_hist2desc=0.5, title_hist2sid=0.5, preference=0.5),
-                              sft=SFTConfig(lr=2e-3, warmup_ratio=0.03, epochs=3, max_steps=1000, patience=3, eval_every=250,
+                              sft=SFTConfig(lr=2e-3, warmup_ratio=0.03, epochs=3, max_steps=350, patience=3, eval_every=175,
                                             global_batch_size=64, micro_batch_size=32, max_length=128), max_valid_examples=1000,
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig()),
-                              rl=GRPOConfig(num_generations=16, prompts_per_step=32, micro_batch=4, lr=2e-5, max_minutes=15, eval_every=20,
+                              rl=GRPOConfig(num_generations=16, prompts_per_step=32, micro_batch=4, lr=2e-5, max_minutes=10, eval_every=10,
                                             eval_max_users=300, beam_batch_size=16))
     if name == 'paper':
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),

@@ -22,7 +22,7 @@ class SkipSlow(ExecutePreprocessor):
             return cell, resources          # keep whatever outputs it had
         return super().preprocess_cell(cell, resources, index)
 
-def execute(path: Path, slow: bool = False, timeout: int = 1800):
+def execute(path: Path, slow: bool = False, timeout: int = 600):
     nb = nbformat.read(path, as_version=4)
     ep = SkipSlow(timeout=timeout, kernel_name='python3'); ep.run_slow = slow
     t = time.time()

@@ -337,7 +337,7 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None) -> dic
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
 
-# %% ../nbs/13_pipeline.ipynb #52041bcf
+# %% ../nbs/13_pipeline.ipynb #322d7130
 def preset(name:str) -> PipelineConfig:
     "A named config: 'tiny' (tests), 'demo' (README main job), 'industrial' (real data on CPU), 'paper' (GPU servers)."
     if name == 'tiny':
@@ -367,8 +367,8 @@ def preset(name:str) -> PipelineConfig:
                                             global_batch_size=64, micro_batch_size=32, max_length=128), max_valid_examples=1000,
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig()),
-                              rl=GRPOConfig(num_generations=16, prompts_per_step=32, micro_batch=4, lr=2e-5, max_minutes=10, eval_every=10,
-                                            eval_max_users=300, beam_batch_size=16))
+                              rl=GRPOConfig(num_generations=16, prompts_per_step=16, micro_batch=4, lr=2e-4, max_minutes=12, eval_every=16,
+                                            tasks=('rec', 'title_hist2sid'), eval_max_users=400, beam_batch_size=16))
     if name == 'paper':
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),

@@ -14,7 +14,7 @@ import yaml
 # %% auto #0
 __all__ = ['DATA_ENV', 'CACHE_ENV', 'in_test', 'get_logger', 'set_seed', 'atomic_write', 'write_text', 'write_json', 'read_json',
            'atomic_dir', 'cache_dir', 'find_data_root', 'make_run_dir', 'ConfigError', 'Config', 'progress', 'Timer',
-           'get_device']
+           'get_device', 'multi_process_cpu']
 
 # %% ../nbs/00_core.ipynb #b9bdce79
 def in_test() -> bool:
@@ -250,7 +250,7 @@ class Config:
         "A validated copy with some fields changed (unknown fields are an error)."
         return type(self).from_dict({**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
 
-# %% ../nbs/00_core.ipynb #6bfb9781
+# %% ../nbs/00_core.ipynb #0c38c1f3
 def progress(it=None, total:int|None=None, desc:str|None=None, disable:bool|None=None, **kw):
     "A tqdm progress bar, silent under tests or when `$MINIONEREC_QUIET` is set."
     from tqdm.auto import tqdm
@@ -270,3 +270,8 @@ def get_device(prefer:str|None=None):
     if torch.cuda.is_available(): return torch.device('cuda')
     if getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+def multi_process_cpu() -> bool:
+    "True when launched with several processes (`$WORLD_SIZE` > 1) and no GPU: `accelerate` must then be asked for CPU (gloo) processes (`Accelerator(cpu=True)`)."
+    import torch
+    return not torch.cuda.is_available() and int(os.environ.get('WORLD_SIZE', '1')) > 1

@@ -16,7 +16,8 @@ from .core import Config, ConfigError, Timer, get_logger, set_seed, write_json, 
 __all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'rank_of_target', 'hr_from_ranks', 'ndcg_from_ranks', 'mrr_from_ranks', 'hit_rate_at_k',
            'ndcg_at_k', 'mrr', 'metrics_from_ranks', 'rank_metrics', 'count_invalid', 'count_empty', 'count_duplicates',
            'history_bucket', 'breakdown', 'EvalResult', 'evaluate_rankings', 'EvalConfig', 'select_rows',
-           'evaluate_model', 'decoded_examples', 'results_table', 'plot_results', 'write_report']
+           'evaluate_model', 'decoded_examples', 'row_metric', 'paired_bootstrap', 'results_table', 'plot_results',
+           'write_report']
 
 # %% ../nbs/09_evaluate.ipynb #a130c363
 def _check_ranked(ranked, targets=None):
@@ -232,6 +233,29 @@ def decoded_examples(result:EvalResult, data, n:int=5, top:int=5, seed:int=0, wi
                     **{f'top{k+1}': p for k, p in enumerate(preds)}})
     out = pd.DataFrame(out); out['rank'] = out['rank'].astype('Int64')   # <NA> = target not in the list
     return out
+
+# %% ../nbs/09_evaluate.ipynb #0b1f4f8e
+def row_metric(ranks, metric:str='NDCG', k:int=10) -> np.ndarray:
+    "Per-row `NDCG@k`, `HR@k` or reciprocal rank (`metric='MRR'`, k ignored) from 1-based ranks (0 = absent)."
+    ranks = np.asarray(ranks)
+    if metric == 'NDCG': return np.where(_hits(ranks, k), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
+    if metric == 'HR': return _hits(ranks, k).astype(np.float64)
+    if metric == 'MRR': return np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)
+    raise ValueError(f"metric must be 'NDCG', 'HR' or 'MRR', got {metric!r}")
+
+def paired_bootstrap(ranks_a, ranks_b, metric:str='NDCG', k:int=10, n_boot:int=2000, alpha:float=0.05, seed:int=0) -> dict:
+    "Difference (b - a) of a metric over the same rows, its (1 - alpha) percentile bootstrap interval and P(b better)."
+    a, b = np.asarray(ranks_a), np.asarray(ranks_b)
+    if a.shape != b.shape or a.ndim != 1: raise ValueError(f'paired_bootstrap needs two rank vectors over the same rows, got shapes {a.shape} and {b.shape}')
+    if not len(a): raise ValueError('paired_bootstrap needs at least one row')
+    ma, mb = row_metric(a, metric, k), row_metric(b, metric, k)
+    d = mb - ma
+    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    boot = d[idx].mean(1)
+    name = 'MRR' if metric == 'MRR' else f'{metric}@{k}'
+    return {'metric': name, 'a': float(ma.mean()), 'b': float(mb.mean()), 'delta': float(d.mean()),
+            'lo': float(np.quantile(boot, alpha / 2)), 'hi': float(np.quantile(boot, 1 - alpha / 2)),
+            'p_b_better': float((boot > 0).mean()), 'rows': int(len(d)), 'rows_changed': int((d != 0).sum())}
 
 # %% ../nbs/09_evaluate.ipynb #348b2e17
 def _summary(v) -> dict:

@@ -21,7 +21,7 @@ __all__ = ['RL_TASKS', 'GRPOConfig', 'process_plan', 'group_advantages', 'comple
            'build_batch', 'lr_multiplier', 'RecGRPOTrainer', 'GRPOResult', 'train_grpo', 'plot_grpo_history',
            'rollout_rewards', 'GRPORunConfig', 'run_grpo', 'main']
 
-# %% ../nbs/12_grpo.ipynb #56b59614
+# %% ../nbs/12_grpo.ipynb #bc963b34
 @dataclass
 class GRPOConfig(Config):
     "GRPO on constrained-beam groups (see the chapter for what each option does)."
@@ -42,6 +42,7 @@ class GRPOConfig(Config):
     adv_scale: Literal['std', 'none'] = 'std'  # divide group-centred rewards by the group std ('none' = Dr. GRPO)
     adv_eps: float = 1e-4              # added to the group std
     loss_agg: Literal['sequence-mean', 'token-mean', 'dr_grpo'] = 'sequence-mean'  # how per-token losses are averaged
+    filter_groups: bool = False        # drop groups whose candidates all got the same reward (zero advantage: only KL left) from the loss and its denominator, and skip their forward/backward
     include_eos: bool = True           # score the EOS that ends every SFT target as part of the completion
     tasks: tuple[str, ...] = ('rec', 'title2sid', 'desc2sid', 'title_hist2sid')  # RL tasks (see `rl_examples`)
     beam_batch_size: int = 8           # prompts per constrained beam-search call (rollouts and validation)
@@ -205,7 +206,7 @@ def rl_examples(data, index, split:str='train', tasks=RL_TASKS, max_history:int=
             out += [{**e, 'history': None} for e in exs]
     return out
 
-# %% ../nbs/12_grpo.ipynb #ed6b7d40
+# %% ../nbs/12_grpo.ipynb #d00a9eb7
 def _eos(tokenizer) -> int:
     if tokenizer.eos_token_id is None: raise ValueError('the tokenizer has no eos_token (SFT targets end with one)')
     return int(tokenizer.eos_token_id)
@@ -238,7 +239,7 @@ def left_pad(seqs:list, pad_id:int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 def build_batch(rollout:Rollout, tokenizer, completions:tuple, cfg:GRPOConfig, reward_cfg:RewardConfig|None=None, scorer=None) -> dict:
-    "Rewards, advantages and (B*G)-row tensors of a rollout; rows of dropped groups (`miss='skip'`) get a zero `loss_mask`."
+    "Rewards, advantages and (B*G)-row tensors of a rollout; rows of dropped groups (`miss='skip'`, `filter_groups`) get a zero `loss_mask`."
     items = rollout.items
     if (items < 0).any(): raise ValueError(f'{int((items < 0).sum())} empty beam slots: the catalogue allows fewer than G={items.shape[1]} distinct items for some prompt')
     B, G = items.shape
@@ -249,13 +250,15 @@ def build_batch(rollout:Rollout, tokenizer, completions:tuple, cfg:GRPOConfig, r
     flat = torch.from_numpy(items.reshape(-1))
     c_ids = c_all[flat]                                                                         # (B*G, L)
     c_mask = (torch.arange(c_ids.shape[1])[None] < c_len[flat][:, None]).long()
-    keep = torch.from_numpy(scored['keep']).repeat_interleave(G)                                 # (B*G,)
+    keep = scored['keep']
+    if cfg.filter_groups: keep = keep & (scored['total'].max(1) > scored['total'].min(1))        # groups with a learning signal
+    keep = torch.from_numpy(keep).repeat_interleave(G)                                          # (B*G,)
     return {'prompt_ids': p_ids.repeat_interleave(G, 0), 'prompt_mask': p_mask.repeat_interleave(G, 0),
             'completion_ids': c_ids, 'completion_mask': c_mask, 'loss_mask': c_mask * keep[:, None].long(),
             'advantages': adv.reshape(-1), 'group': torch.arange(B).repeat_interleave(G), 'scored': scored,
             'G': G, 'max_len': int(c_all.shape[1])}
 
-def _rows(batch:dict, rows:slice) -> dict:
+def _rows(batch:dict, rows:slice|torch.Tensor) -> dict:
     "The rows `rows` of a batch, with all-padding prompt columns trimmed."
     out = {k: v[rows] for k, v in batch.items() if torch.is_tensor(v)}
     keep = out['prompt_mask'].sum(0) > 0
@@ -263,7 +266,7 @@ def _rows(batch:dict, rows:slice) -> dict:
         first = int(torch.nonzero(keep)[0]); out['prompt_ids'], out['prompt_mask'] = out['prompt_ids'][:, first:], out['prompt_mask'][:, first:]
     return out
 
-# %% ../nbs/12_grpo.ipynb #c0129a01
+# %% ../nbs/12_grpo.ipynb #011c40bd
 def lr_multiplier(step:int, total:int, warmup:int, schedule:str='cosine') -> float:
     "Learning-rate multiplier of update `step` (0-based) of `total`: linear warm-up, then cosine / linear decay or constant."
     if step < warmup: return (step + 1) / warmup
@@ -323,11 +326,17 @@ class RecGRPOTrainer:
         b = build_batch(rollout, self.tokenizer, self.completions, self.cfg, self.reward_cfg, self.scorer)
         return {k: (v.to(self.acc.device) if torch.is_tensor(v) else v) for k, v in b.items()}
 
-    def _micro_slices(self, batch:dict) -> list[slice]:
+    def _micro_slices(self, batch:dict) -> list[slice|torch.Tensor]:
+        """Rows of each micro-batch. Every process runs the same number (`accumulate` and DDP count them); rows with a zero
+        `loss_mask` (dropped groups) are left out, and a micro-batch left with no row gets one dropped row (loss 0)."""
         n, per = batch['advantages'].shape[0], self.cfg.micro_batch * batch['G']
-        return [slice(s, min(n, s + per)) for s in range(0, n, per)]
+        live = batch['loss_mask'].sum(1) > 0
+        if bool(live.all()): return [slice(s, min(n, s + per)) for s in range(0, n, per)]
+        chunks = torch.tensor_split(torch.nonzero(live)[:, 0], math.ceil(n / per))
+        dead = torch.nonzero(~live)[:1, 0]
+        return [c if len(c) else dead for c in chunks]
 
-    def _logprobs(self, model, batch:dict, rows:slice) -> torch.Tensor:
+    def _logprobs(self, model, batch:dict, rows:slice|torch.Tensor) -> torch.Tensor:
         r = _rows(batch, rows)
         with self.acc.autocast():
             return completion_logprobs(model, r['prompt_ids'], r['prompt_mask'], r['completion_ids'], r['completion_mask'])
@@ -337,7 +346,10 @@ class RecGRPOTrainer:
         "Log-probs (N, T) of all rows under `model` (default: the reference), micro-batch by micro-batch, without gradients."
         model = model if model is not None else self.ref
         was = model.training; model.eval()
-        try: return torch.cat([self._logprobs(model, batch, sl) for sl in self._micro_slices(batch)])
+        try:
+            out = torch.zeros(batch['completion_ids'].shape, dtype=torch.float32, device=batch['completion_ids'].device)
+            for sl in self._micro_slices(batch): out[sl] = self._logprobs(model, batch, sl).float()
+            return out                                                          # rows of dropped groups stay 0 (never used)
         finally: model.train(was)
 
     def normalizer(self, batch:dict) -> torch.Tensor:
@@ -345,9 +357,9 @@ class RecGRPOTrainer:
         _, den = loss_terms(torch.zeros_like(batch['loss_mask'], dtype=torch.float32), batch['loss_mask'], self.cfg.loss_agg)
         return self.acc.reduce(den.float().reshape(1), 'sum')[0].clamp(min=1)
 
-    def compute_loss(self, batch:dict, rows:slice|None=None, old_logp=None, ref_logp=None, normalizer=None):
+    def compute_loss(self, batch:dict, rows:slice|torch.Tensor|None=None, old_logp=None, ref_logp=None, normalizer=None):
         "GRPO loss of `rows` of `batch` (default all) under the current policy; `old_logp=None` means on-policy (ratio 1)."
-        rows = rows or slice(0, batch['advantages'].shape[0])
+        rows = rows if rows is not None else slice(0, batch['advantages'].shape[0])
         logp = self._logprobs(self.model, batch, rows)
         old = logp.detach() if old_logp is None else old_logp[rows]
         ref = None if ref_logp is None else ref_logp[rows]
@@ -395,6 +407,8 @@ class RecGRPOTrainer:
         gndcg = np.where(eq.any(1), 1 / np.log2(eq.argmax(1) + 2), 0.0)
         out['group_ndcg'] = float(acc.gather(torch.as_tensor(gndcg, dtype=torch.float32, device=acc.device)).mean())
         out['groups'] = int(acc.gather(torch.as_tensor(sc['hit'], device=acc.device)).numel())
+        live = (batch['loss_mask'].view(len(ro), batch['G'], -1).sum((1, 2)) > 0).float()
+        out['trained_frac'] = float(acc.gather(live.to(acc.device)).mean())  # groups in the loss (all but dropped ones)
         out['adv_abs'] = float(acc.gather(batch['advantages'].float().abs()).mean())
         out.update(st); out['lr'] = self.sched.get_last_lr()[0]
         out['rollout_s'], out['update_s'] = t_roll.seconds, t_upd.seconds

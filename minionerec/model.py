@@ -91,7 +91,7 @@ class ModelConfig(Config):
     @property
     def torch_dtype(self): return getattr(torch, self.dtype)
 
-# %% ../nbs/06_model.ipynb #120ec0cf
+# %% ../nbs/06_model.ipynb #fe72a77b
 def build_tiny_model(cfg:ModelConfig, tokenizer):
     "A randomly initialised `Qwen2ForCausalLM` of `cfg`'s sizes whose vocabulary is `len(tokenizer)`."
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -111,15 +111,17 @@ def _grow_embeddings(model, n:int):
     "Resize input (and untied output) embeddings to at least `n` rows; never shrink (Qwen pads its matrices)."
     if model.get_input_embeddings().weight.shape[0] < n: model.resize_token_embeddings(n, mean_resizing=False)
 
-def load_backbone(cfg:ModelConfig, texts=None):
-    "`(model, tokenizer)`: a tiny Qwen2 with a BPE tokenizer trained on `texts`, or `cfg.backbone` from HF."
+def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
+    "`(model, tokenizer)`: a tiny Qwen2 with a BPE tokenizer trained on `texts` (+ the prompt scaffold), or `cfg.backbone` from HF."
     from transformers import AutoModelForCausalLM
     if cfg.backbone == 'tiny':
         if texts is None: raise ValueError("backbone 'tiny' trains its tokenizer on `texts`: pass the catalogue text (e.g. titles and descriptions)")
         texts = list(texts)
         try:
             from minionerec.tasks import scaffold_texts
-            texts += scaffold_texts()  # the prompt wording, so instructions become a few tokens each
+            # The prompt wording appears in every example but only once in the corpus: weighted `scaffold_weight` times,
+            # its words become single tokens (else a rec prompt costs ~130 tokens instead of ~100 and gets cut).
+            texts += scaffold_texts() * scaffold_weight
         except ImportError: pass
         tokenizer = train_bpe_tokenizer(texts, vocab_size=cfg.vocab_size)
         return build_tiny_model(cfg, tokenizer), tokenizer

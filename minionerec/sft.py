@@ -185,11 +185,33 @@ def cosine_lr(step:int, total:int, warmup:int, min_ratio:float=0.0) -> float:
     progress_ = (step - warmup) / max(1, total - warmup)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress_)))
 
-# %% ../nbs/07_sft.ipynb #2cab0449
-def token_losses(model, batch:dict) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-token cross-entropy of next-token prediction (B, T-1), zero where the label is -100, and the label mask (B, T-1)."
-    logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits[:, :-1]
-    labels = batch['labels'][:, 1:]
+# %% ../nbs/07_sft.ipynb #0d899f30
+def _left_align(batch:dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "Right-padded `input_ids`, `attention_mask`, `labels` rolled so that every row ends at the last column."
+    mask = batch['attention_mask']
+    T = mask.shape[1]
+    shift = T - mask.sum(1, keepdim=True)                                    # pads per row
+    idx = (torch.arange(T, device=mask.device)[None] - shift) % T
+    return tuple(batch[k].gather(1, idx) for k in ('input_ids', 'attention_mask', 'labels'))
+
+def token_losses(model, batch:dict, head_only_on_labels:bool=True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token cross-entropy of next-token prediction (B, T') and the label mask (B, T'); zero where the label is -100.
+
+    With `head_only_on_labels`, rows are left-aligned (position ids from the mask, so RoPE sees the same positions) and
+    the output head runs only on the last positions that carry labels (`logits_to_keep`): for completion-only SFT that
+    skips the vocabulary projection of the whole prompt (the largest matmul of a small model, and B*T*V floats of memory
+    with a 150k vocabulary). Row sums are those of the plain computation; T' is then the kept span."""
+    if not head_only_on_labels:
+        logits = model(input_ids=batch['input_ids'], attention_mask=batch['attention_mask']).logits[:, :-1]
+        labels = batch['labels'][:, 1:]
+    else:
+        ids, att, lab = _left_align(batch)
+        has = (lab[:, 1:] != IGNORE).any(0).nonzero()
+        first = int(has[0]) if len(has) else lab.shape[1] - 2               # first logit position with a label
+        keep = lab.shape[1] - first                                          # logits for positions first .. T-1
+        pos = (att.long().cumsum(1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=keep).logits[:, :-1]
+        labels = lab[:, first + 1:]
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction='none')
     return loss.view_as(labels), labels != IGNORE
 

@@ -31,6 +31,17 @@ def test_pipeline_writes_every_stage(tiny_run):
     report = (run/'report'/'report.md').read_text()
     assert 'SASRec' in report and 'Popularity' in report
     assert (run/'config.yaml').exists()
+    # the rl stage puts SFT and SFT+RL side by side on validation and test, with a paired bootstrap and reward plots
+    comp = json.loads((run/'rl'/'comparison.json').read_text())
+    assert set(comp['splits']) == {'valid', 'test'}
+    for sp, models in comp['splits'].items():
+        assert set(models) == {'MiniOneRec SFT', 'MiniOneRec SFT+RL'} and len({m['rows'] for m in models.values()}) == 1
+        b = comp['bootstrap'][sp][0]
+        assert b['metric'] == 'NDCG@10' and b['lo'] <= b['delta'] <= b['hi']
+        assert abs(b['a'] - models['MiniOneRec SFT']['NDCG@10']) < 1e-9 and abs(b['b'] - models['MiniOneRec SFT+RL']['NDCG@10']) < 1e-9
+    # the SFT row of the rl stage is the evaluate stage's (same rows, deterministic beams)
+    assert abs(comp['splits']['test']['MiniOneRec SFT']['NDCG@10'] - gen['NDCG@10']) < 1e-9
+    assert (run/'rl'/'reward_distributions.png').stat().st_size > 0 and 'SFT vs SFT+RL' in report
 
 def test_rerun_skips_complete_stages(tiny_run):
     run, _ = tiny_run
@@ -39,6 +50,25 @@ def test_rerun_skips_complete_stages(tiny_run):
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'sft: complete, skipped' in r.stderr
     assert before == {s: (run/s/'DONE.json').read_text() for s in before}
+
+def test_changed_config_reruns_stage_from_scratch(tiny_run, tmp_path):
+    import shutil
+    run, _ = tiny_run
+    copy = tmp_path/'run'; shutil.copytree(run, copy)
+    r = cli('sft', '--config', 'tiny', '--run-dir', str(copy), '--set', 'sft.max_length=96')   # 'last' of another config exists
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'sft: clearing' in r.stderr
+    started, done = (json.loads((copy/'sft'/f).read_text()) for f in ('STARTED.json', 'DONE.json'))
+    assert started['fingerprint'] == done['fingerprint']
+
+def test_sft_of_another_sid_index_is_refused(tiny_run, tmp_path):
+    import shutil
+    run, _ = tiny_run
+    copy = tmp_path/'run'; shutil.copytree(run, copy)
+    r = cli('sid', '--config', 'tiny', '--run-dir', str(copy), '--set', 'sid.rqvae.seed=7')
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = cli('evaluate', '--config', 'tiny', '--run-dir', str(copy), '--set', 'sid.rqvae.seed=7')
+    assert r.returncode == 2 and 'trained for another SID index' in r.stderr, r.stderr[-2000:]
 
 def test_single_stage_needs_upstream(tmp_path):
     r = cli('sft', '--config', 'tiny', '--run-dir', str(tmp_path/'fresh'))

@@ -14,12 +14,12 @@ import torch
 from .core import Config, ConfigError, atomic_dir, write_json, read_json, get_logger
 
 # %% auto #0
-__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'load_tokenizer', 'ModelConfig',
-           'build_tiny_model', 'load_backbone', 'add_sid_tokens', 'apply_training_mode', 'param_groups',
+__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'load_tokenizer', 'prompt_ids', 'left_pad',
+           'ModelConfig', 'build_tiny_model', 'load_backbone', 'add_sid_tokens', 'apply_training_mode', 'param_groups',
            'prepare_model', 'count_parameters', 'non_embedding_parameters', 'model_flops_per_token', 'save_checkpoint',
            'load_checkpoint', 'checkpoint_meta']
 
-# %% ../nbs/06_model.ipynb #d25a75c1
+# %% ../nbs/06_model.ipynb #d3782429
 EOS_TOKEN, PAD_TOKEN = '<|endoftext|>', '<|pad|>'
 
 def train_bpe_tokenizer(texts, vocab_size:int=4000, special_tokens=(EOS_TOKEN, PAD_TOKEN), min_frequency:int=2,
@@ -46,6 +46,20 @@ def load_tokenizer(path):
     if cfg_file.exists() and read_json(cfg_file).get('tokenizer_class') in ('TokenizersBackend', 'PreTrainedTokenizerFast'):
         return PreTrainedTokenizerFast.from_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
+
+def prompt_ids(tokenizer, prompts) -> list[list[int]]:
+    "Token ids of each prompt as SFT, decoding and RL all feed it: special tokens added, a trailing EOS dropped (tokenizers that end every text with EOS)."
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(list(prompts), add_special_tokens=True)['input_ids']
+    return [list(x[:-1]) if eos is not None and len(x) and x[-1] == eos else list(x) for x in ids]
+
+def left_pad(seqs:list, pad_id:int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Left-pad lists of ids to `(B, P)` ids and attention mask."
+    P = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long); mask = torch.zeros((len(seqs), P), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s): ids[i, P - len(s):] = torch.tensor(list(s)); mask[i, P - len(s):] = 1
+    return ids, mask
 
 # %% ../nbs/06_model.ipynb #15bcae40
 @dataclass

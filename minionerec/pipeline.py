@@ -142,7 +142,7 @@ class RunContext:
         d = read_json(self.path('sft', 'DONE.json'))
         return self.path('sft', d['metrics']['checkpoint'])
 
-# %% ../nbs/13_pipeline.ipynb #e1ca3dba
+# %% ../nbs/13_pipeline.ipynb #137978eb
 def stage_prepare(ctx:RunContext, out:Path) -> dict:
     "Build or load the dataset and write it in the published layout under `prepare/data`, with its report."
     c = ctx.cfg.data
@@ -171,11 +171,11 @@ def stage_sid(ctx:RunContext, out:Path) -> dict:
     c = ctx.cfg.sid; data = ctx.data()
     if c.method == 'published':
         pub = SIDIndex.from_published(data)
-        raw_collisions = len(pub.codes) - len({tuple(r) for r in pub.codes.tolist()})   # N - unique, as published: 16
+        raw = pub.codes
         index = build_sid_index(pub.codes, codebook_sizes=pub.codebook_sizes, method=c.resolve)
     else:
         res = train_rqvae(ctx.embeddings(), c.rqvae) if c.method == 'rqvae' else train_rqkmeans(ctx.embeddings(), c.rqkmeans)
-        raw_collisions = n_colliding_items(res.codes)
+        raw = res.codes
         res.history.to_csv(out/'quantizer_history.csv', index=False)
         index = build_sid_index(res, method=c.resolve)
     index.to_json(out/'index.json')
@@ -183,10 +183,12 @@ def stage_sid(ctx:RunContext, out:Path) -> dict:
     write_json(out/'sid_report.json', rep)
     save_explorer_html(index, data.items, out/'sid_explorer.html')
     ctx._cache['index'] = index
-    return {'items': index.n_items, 'levels': index.n_levels, 'colliding_items_before': int(raw_collisions),
-            'colliding_items_after': int(rep['colliding_items'])}
+    # the definitions of `sid_report`: colliding items = N - unique SIDs; items in collisions = every member of a shared SID
+    n_unique = len(np.unique(np.asarray(raw), axis=0))
+    return {'items': index.n_items, 'levels': index.n_levels, 'colliding_items_before': int(len(raw) - n_unique),
+            'items_in_collisions_before': int(n_colliding_items(raw)), 'colliding_items_after': int(rep['colliding_items'])}
 
-# %% ../nbs/13_pipeline.ipynb #71d7f908
+# %% ../nbs/13_pipeline.ipynb #237c5543
 def catalogue_texts(data:RecData) -> list[str]:
     "Titles and descriptions: what a tiny backbone's BPE tokenizer is trained on."
     return [t for t in data.items['title'].tolist() + data.items['description'].tolist() if t]
@@ -271,6 +273,7 @@ def stage_rl(ctx:RunContext, out:Path) -> dict:
     plt.close(plot_reward_distributions(rew[rew.reward.isin(['rule', 'rank', 'total', 'hit'])], out/'reward_distributions.png'))
     dist = rew.groupby(['reward', 'task', 'phase']).value.mean().unstack('phase').round(4)
     with atomic_write(out/'reward_distributions.csv') as f: dist.to_csv(f)
+    with atomic_write(out/'reward_values.csv.gz', 'wb') as f: rew.to_csv(f, index=False, compression='gzip')   # every value, to re-plot
     test = ev[cfg.eval.split]['MiniOneRec SFT+RL']
     write_json(out/'metrics.json', {'MiniOneRec SFT+RL': test.summary()})
     comparison = {'splits': {sp: {n: r.summary() for n, r in ev[sp].items()} for sp in splits}, 'bootstrap': boot,
@@ -427,8 +430,9 @@ def preset(name:str) -> PipelineConfig:
                                             global_batch_size=64, micro_batch_size=32, max_length=160), max_valid_examples=1000,
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig()),
-                              rl=GRPOConfig(num_generations=16, prompts_per_step=16, micro_batch=4, lr=2e-4, max_minutes=12, eval_every=16,
-                                            tasks=('rec', 'title_hist2sid'), eval_max_users=400, beam_batch_size=16))
+                              rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=5e-5, warmup_ratio=0.1, max_steps=50,
+                                            max_minutes=25, eval_every=10, eval_beams=20, eval_max_users=None, keep_best=False, filter_groups=True,
+                                            tasks=('rec', 'title_hist2sid'), beam_batch_size=32))
     if name == 'paper':
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),

@@ -123,3 +123,26 @@ def test_two_processes_match_one(tiny_run):
     assert np.isclose(one.evals['NDCG@10'].iloc[0], e2['NDCG@10'].iloc[0])  # sharded validation == unsharded, before training
     assert (root / 'two' / 'checkpoint' / 'config.json').exists()
     assert seconds < 150, f'2-process run took {seconds:.0f}s'
+
+def test_two_processes_filter_groups_match_one(tiny_run):
+    """`filter_groups`: groups without a learning signal leave the loss and are never forwarded, so the processes hold
+    different numbers of live rows; each still runs the plan's micro-batches (no hang) and the run equals 1 process."""
+    root, cfg = tiny_run
+    grpo = cfg.grpo.replace(filter_groups=True, num_generations=16, prompts_per_step=8, micro_batch=2, max_steps=3, eval_max_users=4)
+    cfg_f = cfg.replace(grpo=grpo, reward=RewardConfig(miss='zero'), out_dir=root / 'one_f')
+    cfg_f.to_yaml(root / 'run_f.yaml')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE', 'MINIONEREC_QUIET': '1', 'TOKENIZERS_PARALLELISM': 'false'}
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
+                        '-m', 'minionerec.grpo', '--config', str(root / 'run_f.yaml'), '--out_dir', str(root / 'two_f')],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    h2 = pd.read_csv(root / 'two_f' / 'history.csv')
+    one = run_grpo(cfg_f)
+    h1 = one.history
+    assert ((h1.trained_frac > 0) & (h1.trained_frac < 1)).any(), h1.trained_frac   # some groups kept, some dropped
+    for k in ('reward_rule', 'reward_rank', 'hit_frac', 'trained_frac', 'loss', 'kl'):
+        np.testing.assert_allclose(h1[k].values, h2[k].values, rtol=1e-3, atol=1e-7, err_msg=k)
+    from minionerec.model import load_checkpoint
+    m2, _ = load_checkpoint(root / 'two_f' / 'checkpoint')
+    for (k, a), b in zip(one.model.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=k)

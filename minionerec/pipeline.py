@@ -30,8 +30,9 @@ from .grpo import GRPOConfig, train_grpo, rl_examples, rollout_rewards
 # %% auto #0
 __all__ = ['RL_DIST_PROMPTS', 'STAGES', 'STAGE_NAMES', 'STAGE', 'DISTRIBUTED_STAGES', 'DataSection', 'SIDSection',
            'BaselinesSection', 'PipelineConfig', 'fingerprint', 'Stage', 'RunContext', 'stage_prepare', 'stage_embed',
-           'stage_sid', 'catalogue_texts', 'stage_sft', 'stage_evaluate', 'stage_rl', 'stage_report', 'is_main_process',
-           'stage_fingerprints', 'check_config', 'run_pipeline', 'preset', 'load_config', 'plan_run']
+           'stage_sid', 'catalogue_texts', 'stage_sft', 'stage_evaluate', 'rl_reward_distributions', 'stage_rl',
+           'stage_report', 'is_main_process', 'stage_fingerprints', 'check_config', 'run_pipeline', 'preset',
+           'load_config', 'plan_run']
 
 # %% ../nbs/13_pipeline.ipynb #8481223b
 @dataclass
@@ -188,7 +189,7 @@ def stage_sid(ctx:RunContext, out:Path) -> dict:
     return {'items': index.n_items, 'levels': index.n_levels, 'colliding_items_before': int(len(raw) - n_unique),
             'items_in_collisions_before': int(n_colliding_items(raw)), 'colliding_items_after': int(rep['colliding_items'])}
 
-# %% ../nbs/13_pipeline.ipynb #237c5543
+# %% ../nbs/13_pipeline.ipynb #67c8dd00
 def catalogue_texts(data:RecData) -> list[str]:
     "Titles and descriptions: what a tiny backbone's BPE tokenizer is trained on."
     return [t for t in data.items['title'].tolist() + data.items['description'].tolist() if t]
@@ -239,6 +240,26 @@ def stage_evaluate(ctx:RunContext, out:Path) -> dict:
 
 RL_DIST_PROMPTS = 256   # validation prompts per RL task whose rollout rewards are compared before / after RL
 
+def rl_reward_distributions(ctx:RunContext, models:dict, tok, out:Path, trie=None) -> pd.DataFrame:
+    """Rewards of each model's constrained-beam groups on the same validation prompts of every RL task: writes
+    `reward_values.csv.gz` (every value), `reward_distributions.csv` (means) and `reward_distributions.png`; returns the means."""
+    cfg, data, index = ctx.cfg, ctx.data(), ctx.index()
+    if trie is None:
+        from minionerec.decoding import SIDTrie
+        trie = SIDTrie.from_index(index, tok)
+    exs_all = []
+    for t in cfg.rl.tasks:
+        exs = rl_examples(data, index, 'valid', tasks=(t,))
+        if exs: exs_all += [exs[i] for i in select_rows(len(exs), RL_DIST_PROMPTS, cfg.seed)]
+    rew = pd.concat([rollout_rewards(m, tok, exs_all, trie, cfg.rl.num_generations, cfg.rl.beam_batch_size, cfg.rewards,
+                                     phase=n.replace('MiniOneRec ', '')) for n, m in models.items()], ignore_index=True)
+    import matplotlib.pyplot as plt
+    plt.close(plot_reward_distributions(rew[rew.reward.isin(['rank', 'hit', 'target_rank'])], out/'reward_distributions.png'))
+    dist = rew.groupby(['reward', 'task', 'phase'], sort=False).value.mean().unstack('phase').round(4)
+    with atomic_write(out/'reward_distributions.csv') as f: dist.to_csv(f)
+    with atomic_write(out/'reward_values.csv.gz', 'wb') as f: rew.to_csv(f, index=False, compression='gzip')   # every value, to re-plot
+    return dist
+
 def stage_rl(ctx:RunContext, out:Path) -> dict:
     """GRPO from the SFT checkpoint with constrained-beam groups; then SFT and SFT+RL side by side on the validation and
     evaluation splits (same code and rows as `evaluate`, paired bootstrap of the difference) and the reward
@@ -261,19 +282,7 @@ def stage_rl(ctx:RunContext, out:Path) -> dict:
                                  name=n, trie=trie) for n, m in models.items()} for sp in splits}
     boot = {sp: [paired_bootstrap(ev[sp]['MiniOneRec SFT'].ranks, ev[sp]['MiniOneRec SFT+RL'].ranks, mt, k, seed=cfg.seed)
                  for mt, k in (('NDCG', 10), ('HR', 10), ('NDCG', 5))] for sp in splits}
-    # reward distributions of both models' groups on the same validation prompts of every RL task
-    dist_ex = []
-    for t in cfg.rl.tasks:
-        exs = rl_examples(data, index, 'valid', tasks=(t,))
-        if exs: dist_ex += [exs[i] for i in select_rows(len(exs), RL_DIST_PROMPTS, cfg.seed)]
-    frames = [rollout_rewards(m, tok, dist_ex, trie, cfg.rl.num_generations, cfg.rl.beam_batch_size, cfg.rewards, phase=n.replace('MiniOneRec ', ''))
-              for n, m in models.items()]
-    rew = pd.concat(frames, ignore_index=True)
-    import matplotlib.pyplot as plt
-    plt.close(plot_reward_distributions(rew[rew.reward.isin(['rule', 'rank', 'total', 'hit'])], out/'reward_distributions.png'))
-    dist = rew.groupby(['reward', 'task', 'phase']).value.mean().unstack('phase').round(4)
-    with atomic_write(out/'reward_distributions.csv') as f: dist.to_csv(f)
-    with atomic_write(out/'reward_values.csv.gz', 'wb') as f: rew.to_csv(f, index=False, compression='gzip')   # every value, to re-plot
+    dist = rl_reward_distributions(ctx, models, tok, out, trie)
     test = ev[cfg.eval.split]['MiniOneRec SFT+RL']
     write_json(out/'metrics.json', {'MiniOneRec SFT+RL': test.summary()})
     comparison = {'splits': {sp: {n: r.summary() for n, r in ev[sp].items()} for sp in splits}, 'bootstrap': boot,

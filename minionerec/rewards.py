@@ -135,23 +135,30 @@ def total_reward(candidates:Sequence[int], target:int, cfg:RewardConfig|None=Non
                      histories=[ctx['history']] if 'history' in ctx else None)
     return s['total'][0].tolist()
 
-# %% ../nbs/11_rewards.ipynb #021beebb
+# %% ../nbs/11_rewards.ipynb #aa62bcc3
 def rewards_frame(scored:dict, tasks=None, phase:str|None=None) -> pd.DataFrame:
-    "Long table (component, task, phase, value) from `score_groups` output; per-group `hit` and `total_sum` included."
+    """Long table (reward, task, value, group, rank, phase) from `score_groups` output: one row per candidate and
+    component (`rank` = its beam rank), plus per-group rows (`rank` 0): `hit`, `total_sum` and `target_rank` (the
+    target's beam rank in its group, 0 when absent)."""
     B, G = scored['total'].shape
     tasks = np.asarray(tasks if tasks is not None else ['rec'] * B, dtype=object)
+    grp, rk = np.repeat(np.arange(B), G), np.tile(np.arange(1, G + 1), B)
     rows = []
     for name, v in scored.items():
         if name in ('hit', 'keep'): continue
-        rows.append(pd.DataFrame({'reward': name, 'task': np.repeat(tasks, G), 'value': v.reshape(-1).astype(float)}))
-    rows.append(pd.DataFrame({'reward': 'hit', 'task': tasks, 'value': scored['hit'].astype(float)}))
-    rows.append(pd.DataFrame({'reward': 'total_sum', 'task': tasks, 'value': scored['total'].sum(1).astype(float)}))
+        rows.append(pd.DataFrame({'reward': name, 'task': np.repeat(tasks, G), 'value': v.reshape(-1).astype(float), 'group': grp, 'rank': rk}))
+    rule = (scored['rule'] > 0) if 'rule' in scored else None
+    per_group = {'hit': scored['hit'].astype(float), 'total_sum': scored['total'].sum(1).astype(float)}
+    if rule is not None: per_group['target_rank'] = np.where(rule.any(1), rule.argmax(1) + 1, 0).astype(float)
+    for name, v in per_group.items():
+        rows.append(pd.DataFrame({'reward': name, 'task': tasks, 'value': v, 'group': np.arange(B), 'rank': 0}))
     df = pd.concat(rows, ignore_index=True)
     df['phase'] = phase or 'rollouts'
     return df
 
-def plot_reward_distributions(df:pd.DataFrame, path=None, bins:int=20):
-    "Histograms of `df` (columns reward, task, value, optional phase): one panel per (reward, task), one colour per phase."
+def plot_reward_distributions(df:pd.DataFrame, path=None, bins:int=20, log:bool=True):
+    """Histograms of `df` (columns reward, task, value, optional phase): one panel per (reward, task), one colour per
+    phase; counts on a log scale by default (most candidates of most groups score 0, which hides the rest)."""
     import matplotlib; import matplotlib.pyplot as plt
     if 'phase' not in df: df = df.assign(phase='rollouts')
     rewards, tasks, phases = list(dict.fromkeys(df.reward)), list(dict.fromkeys(df.task)), list(dict.fromkeys(df.phase))
@@ -164,7 +171,7 @@ def plot_reward_distributions(df:pd.DataFrame, path=None, bins:int=20):
             ax = axes[i, j]
             for p in phases:
                 v = sub_r[(sub_r.task == t) & (sub_r.phase == p)].value
-                if len(v): ax.hist(v, bins=edges, alpha=0.55, label=f'{p} (mean {v.mean():.3f})')
+                if len(v): ax.hist(v, bins=edges, alpha=0.55, log=log, label=f'{p} (mean {v.mean():.3f})')
             ax.set_title(f'{r} | {t}', fontsize=9); ax.tick_params(labelsize=7)
             if len(ax.get_legend_handles_labels()[0]): ax.legend(fontsize=6)
     fig.tight_layout()

@@ -128,11 +128,14 @@ def make_run_dir(root='runs', name:str|None=None, exist_ok:bool=True) -> Path:
     p.mkdir(parents=True, exist_ok=exist_ok)
     return p
 
-# %% ../nbs/00_core.ipynb #6e5938cc
+# %% ../nbs/00_core.ipynb #5f8a53ce
 class ConfigError(ValueError):
     "A configuration value or key is wrong; the message names it and says what was expected."
 
 def _type_name(t) -> str: return getattr(t, '__name__', None) or str(t).replace('typing.', '')
+
+import re as _re
+_SCI = _re.compile(r'[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+')   # scientific notation without a dot
 
 def _coerce(value, tp, where:str):
     "Check `value` against the annotation `tp`, converting where it is lossless (int->float, str->Path, list->tuple, dict->Config)."
@@ -166,6 +169,7 @@ def _coerce(value, tp, where:str):
         if isinstance(value, dict): return tp.from_dict(value, where=where)
         raise ConfigError(f'{where}: expected a mapping for {tp.__name__}, got {value!r}')
     if tp is float:
+        if isinstance(value, str) and _SCI.fullmatch(value.strip()): value = float(value)   # YAML 1.1 reads 5e-5 as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)): raise ConfigError(f'{where}: expected a number, got {value!r}')
         return float(value)
     if tp is int:

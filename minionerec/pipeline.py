@@ -189,7 +189,7 @@ def stage_sid(ctx:RunContext, out:Path) -> dict:
     return {'items': index.n_items, 'levels': index.n_levels, 'colliding_items_before': int(len(raw) - n_unique),
             'items_in_collisions_before': int(n_colliding_items(raw)), 'colliding_items_after': int(rep['colliding_items'])}
 
-# %% ../nbs/13_pipeline.ipynb #67c8dd00
+# %% ../nbs/13_pipeline.ipynb #7fb15ba5
 def catalogue_texts(data:RecData) -> list[str]:
     "Titles and descriptions: what a tiny backbone's BPE tokenizer is trained on."
     return [t for t in data.items['title'].tolist() + data.items['description'].tolist() if t]
@@ -322,7 +322,10 @@ def stage_report(ctx:RunContext, out:Path) -> dict:
     if 'prepare' in done: lines += block('Data', done['prepare']['metrics'], '../prepare/dataset_report.png')
     if 'sid' in done: lines += block('Semantic IDs', done['sid']['metrics'])
     if 'sft' in done: lines += block('SFT', done['sft']['metrics'], '../sft/loss_curves.png')
-    if 'rl' in done and ctx.path('rl', 'comparison.json').exists(): lines += _comparison_lines(read_json(ctx.path('rl', 'comparison.json')))
+    if 'rl' in done and ctx.path('rl', 'comparison.json').exists():
+        lines += _comparison_lines(read_json(ctx.path('rl', 'comparison.json')))
+        if done['rl']['metrics'].get('best_step') == 0:
+            lines += ['GRPO never beat the SFT weights on its validation subset: with `rl.keep_best` SFT+RL *is* the SFT model here.', '']
     if 'rl' in done: lines += block('GRPO', {k: v for k, v in done['rl']['metrics'].items() if k not in ('test', 'valid', 'bootstrap')})
     lines += ['## Stage wall times', '', '| stage | seconds |', '|---|---:|'] + [f'| {k} | {v["seconds"]:.1f} |' for k, v in done.items()]
     write_text(out/'report.md', '\n'.join(lines) + '\n')
@@ -409,7 +412,7 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None) -> dic
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
 
-# %% ../nbs/13_pipeline.ipynb #322d7130
+# %% ../nbs/13_pipeline.ipynb #2d01d4a3
 def preset(name:str) -> PipelineConfig:
     "A named config: 'tiny' (tests), 'demo' (README main job), 'industrial' (real data on CPU), 'paper' (GPU servers)."
     if name == 'tiny':
@@ -427,8 +430,8 @@ def preset(name:str) -> PipelineConfig:
                                             max_length=128, eval_every=100),
                               eval=EvalConfig(num_beams=20, batch_size=32, max_users=300),
                               baselines=BaselinesSection(sasrec=SASRecConfig(epochs=30, patience=5)),
-                              rl=GRPOConfig(num_generations=8, prompts_per_step=16, micro_batch=4, max_steps=20, lr=1e-4,
-                                            eval_every=10, eval_max_users=200, beam_batch_size=16))
+                              rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=20, lr=5e-5,
+                                            filter_groups=True, keep_best=False, eval_every=5, eval_max_users=200, beam_batch_size=32))
     if name == 'industrial':
         return PipelineConfig(run_dir='runs/industrial', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig(batch_size=64),

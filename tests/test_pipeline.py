@@ -122,3 +122,8 @@ def test_sft_stage_under_torchrun_two_processes(tiny_run, tmp_path):
     r = subprocess.run([sys.executable, '-m', 'minionerec.cli', 'prepare', '--config', 'tiny', '--run-dir', str(copy)],
                        capture_output=True, text=True, env={**env, 'WORLD_SIZE': '2'}, timeout=120)
     assert r.returncode == 2 and 'only' in r.stderr and 'prepare' in r.stderr
+
+def test_demo_yaml_is_the_demo_preset():
+    "configs/demo.yaml (the README's main job) spells out every key: it must stay equal to the preset it documents."
+    from minionerec.pipeline import load_config, preset
+    assert load_config(str(REPO/'configs'/'demo.yaml')) == preset('demo'), 'regenerate: minionerec config --config demo'

@@ -13,13 +13,13 @@ import pandas as pd
 from .core import Config, ConfigError, Timer, get_logger, set_seed, write_json, write_text, atomic_write
 
 # %% auto #0
-__all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'rank_of_target', 'hr_from_ranks', 'ndcg_from_ranks', 'mrr_from_ranks', 'hit_rate_at_k',
-           'ndcg_at_k', 'mrr', 'metrics_from_ranks', 'rank_metrics', 'count_invalid', 'count_empty', 'count_duplicates',
-           'history_bucket', 'breakdown', 'EvalResult', 'evaluate_rankings', 'EvalConfig', 'select_rows',
-           'evaluate_model', 'decoded_examples', 'row_metric', 'paired_bootstrap', 'results_table', 'plot_results',
+__all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'rank_of_target', 'row_metric', 'hr_from_ranks', 'ndcg_from_ranks', 'mrr_from_ranks',
+           'hit_rate_at_k', 'ndcg_at_k', 'mrr', 'metrics_from_ranks', 'rank_metrics', 'count_invalid', 'count_empty',
+           'count_duplicates', 'history_bucket', 'breakdown', 'EvalResult', 'evaluate_rankings', 'EvalConfig',
+           'select_rows', 'evaluate_model', 'decoded_examples', 'paired_bootstrap', 'results_table', 'plot_results',
            'write_report']
 
-# %% ../nbs/09_evaluate.ipynb #a130c363
+# %% ../nbs/09_evaluate.ipynb #b1369cac
 def _check_ranked(ranked, targets=None):
     ranked = np.asarray(ranked)
     if ranked.ndim != 2: raise ValueError(f'ranked must be a (U, B) array of item ids, got shape {ranked.shape}')
@@ -37,21 +37,25 @@ def rank_of_target(ranked, targets) -> np.ndarray:
 
 def _hits(ranks, k): ranks = np.asarray(ranks); return (ranks > 0) & (ranks <= k)
 
+def row_metric(ranks, metric:str='NDCG', k:int=10) -> np.ndarray:
+    "Per-row `NDCG@k`, `HR@k` or reciprocal rank (`metric='MRR'`, k ignored) from 1-based ranks (0 = absent)."
+    ranks = np.asarray(ranks)
+    if metric == 'NDCG': return np.where(_hits(ranks, k), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
+    if metric == 'HR': return _hits(ranks, k).astype(np.float64)
+    if metric == 'MRR': return np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)
+    raise ValueError(f"metric must be 'NDCG', 'HR' or 'MRR', got {metric!r}")
+
 def hr_from_ranks(ranks, k:int) -> float:
     "HR@k from 1-based ranks (0 = absent)."
-    return float(_hits(ranks, k).mean()) if len(ranks) else float('nan')
+    return float(row_metric(ranks, 'HR', k).mean()) if len(ranks) else float('nan')
 
 def ndcg_from_ranks(ranks, k:int) -> float:
     "NDCG@k with one relevant item: mean of 1/log2(rank+1) over rows whose rank is <= k."
-    ranks = np.asarray(ranks)
-    if not len(ranks): return float('nan')
-    return float(np.where(_hits(ranks, k), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0).mean())
+    return float(row_metric(ranks, 'NDCG', k).mean()) if len(ranks) else float('nan')
 
 def mrr_from_ranks(ranks) -> float:
     "Mean reciprocal rank, truncated at the list length (absent = 0)."
-    ranks = np.asarray(ranks)
-    if not len(ranks): return float('nan')
-    return float(np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0).mean())
+    return float(row_metric(ranks, 'MRR').mean()) if len(ranks) else float('nan')
 
 def hit_rate_at_k(ranked, targets, k:int) -> float:
     "Fraction of rows whose target is among the first `k` entries of its ranked list."
@@ -234,15 +238,7 @@ def decoded_examples(result:EvalResult, data, n:int=5, top:int=5, seed:int=0, wi
     out = pd.DataFrame(out); out['rank'] = out['rank'].astype('Int64')   # <NA> = target not in the list
     return out
 
-# %% ../nbs/09_evaluate.ipynb #0b1f4f8e
-def row_metric(ranks, metric:str='NDCG', k:int=10) -> np.ndarray:
-    "Per-row `NDCG@k`, `HR@k` or reciprocal rank (`metric='MRR'`, k ignored) from 1-based ranks (0 = absent)."
-    ranks = np.asarray(ranks)
-    if metric == 'NDCG': return np.where(_hits(ranks, k), 1.0 / np.log2(np.maximum(ranks, 1) + 1.0), 0.0)
-    if metric == 'HR': return _hits(ranks, k).astype(np.float64)
-    if metric == 'MRR': return np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0)
-    raise ValueError(f"metric must be 'NDCG', 'HR' or 'MRR', got {metric!r}")
-
+# %% ../nbs/09_evaluate.ipynb #9ac67cfe
 def paired_bootstrap(ranks_a, ranks_b, metric:str='NDCG', k:int=10, n_boot:int=2000, alpha:float=0.05, seed:int=0) -> dict:
     "Difference (b - a) of a metric over the same rows, its (1 - alpha) percentile bootstrap interval and P(b better)."
     a, b = np.asarray(ranks_a), np.asarray(ranks_b)

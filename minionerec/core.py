@@ -14,7 +14,7 @@ import yaml
 # %% auto #0
 __all__ = ['DATA_ENV', 'CACHE_ENV', 'in_test', 'get_logger', 'set_seed', 'atomic_write', 'write_text', 'write_json', 'read_json',
            'atomic_dir', 'cache_dir', 'find_data_root', 'make_run_dir', 'ConfigError', 'Config', 'progress', 'Timer',
-           'get_device', 'multi_process_cpu']
+           'get_device', 'multi_process_cpu', 'save_fig']
 
 # %% ../nbs/00_core.ipynb #b9bdce79
 def in_test() -> bool:
@@ -30,9 +30,9 @@ def get_logger(name:str='minionerec') -> logging.Logger:
         root = logging.getLogger('minionerec'); root.addHandler(h); root.setLevel(logging.INFO); root.propagate = False
     return log
 
-# %% ../nbs/00_core.ipynb #25726e57
-def set_seed(seed:int=42, deterministic:bool=True) -> int:
-    "Seed python, numpy and torch; optionally request deterministic kernels. Returns `seed`."
+# %% ../nbs/00_core.ipynb #b189ccb2
+def set_seed(seed:int=42, deterministic:bool|None=None) -> int:
+    "Seed python, numpy and torch; `deterministic` True/False turns deterministic kernels on/off (None: unchanged). Returns `seed`."
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool): raise TypeError(f'seed must be an int, got {seed!r}')
     random.seed(seed); np.random.seed(seed % 2**32)
     os.environ['PYTHONHASHSEED'] = str(seed)
@@ -40,10 +40,10 @@ def set_seed(seed:int=42, deterministic:bool=True) -> int:
     except ImportError: return int(seed)
     torch.manual_seed(seed)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
-    if deterministic:
-        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    if deterministic is None: return int(seed)
+    if deterministic: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = bool(deterministic), not deterministic
     return int(seed)
 
 # %% ../nbs/00_core.ipynb #887e6994
@@ -279,3 +279,11 @@ def multi_process_cpu() -> bool:
     "True when launched with several processes (`$WORLD_SIZE` > 1) and no GPU: `accelerate` must then be asked for CPU (gloo) processes (`Accelerator(cpu=True)`)."
     import torch
     return not torch.cuda.is_available() and int(os.environ.get('WORLD_SIZE', '1')) > 1
+
+# %% ../nbs/00_core.ipynb #3ab5e5da
+def save_fig(fig, path, dpi:int=110) -> Path:
+    "Write a matplotlib `fig` to `path` atomically (format from the suffix: png, pdf, svg, ...); returns the path."
+    path = Path(path)
+    fmt = path.suffix.lstrip('.').lower() or 'png'
+    with atomic_write(path, 'wb') as f: fig.savefig(f, format=fmt, dpi=dpi)
+    return path

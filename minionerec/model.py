@@ -14,12 +14,12 @@ import torch
 from .core import Config, ConfigError, atomic_dir, write_json, read_json, get_logger
 
 # %% auto #0
-__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'load_tokenizer', 'prompt_ids', 'left_pad',
-           'ModelConfig', 'build_tiny_model', 'load_backbone', 'add_sid_tokens', 'apply_training_mode', 'param_groups',
-           'prepare_model', 'count_parameters', 'non_embedding_parameters', 'model_flops_per_token', 'save_checkpoint',
-           'load_checkpoint', 'checkpoint_meta']
+__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'load_tokenizer', 'prompt_ids', 'eos_id', 'pad_id',
+           'left_pad', 'ModelConfig', 'build_tiny_model', 'load_backbone', 'add_sid_tokens', 'apply_training_mode',
+           'param_groups', 'prepare_model', 'count_parameters', 'non_embedding_parameters', 'model_flops_per_token',
+           'save_checkpoint', 'load_checkpoint', 'checkpoint_meta']
 
-# %% ../nbs/06_model.ipynb #d3782429
+# %% ../nbs/06_model.ipynb #56d23156
 EOS_TOKEN, PAD_TOKEN = '<|endoftext|>', '<|pad|>'
 
 def train_bpe_tokenizer(texts, vocab_size:int=4000, special_tokens=(EOS_TOKEN, PAD_TOKEN), min_frequency:int=2,
@@ -52,6 +52,15 @@ def prompt_ids(tokenizer, prompts) -> list[list[int]]:
     eos = tokenizer.eos_token_id
     ids = tokenizer(list(prompts), add_special_tokens=True)['input_ids']
     return [list(x[:-1]) if eos is not None and len(x) and x[-1] == eos else list(x) for x in ids]
+
+def eos_id(tokenizer) -> int:
+    "The tokenizer's EOS id (every SFT target ends with it; RL completions and decoding stop at it); an error when it has none."
+    if tokenizer.eos_token_id is None: raise ValueError(f'{type(tokenizer).__name__} has no eos_token: every SFT target must end with one')
+    return int(tokenizer.eos_token_id)
+
+def pad_id(tokenizer) -> int:
+    "The padding id: the tokenizer's pad token, else its EOS (never read as a label: padding is masked)."
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer))
 
 def left_pad(seqs:list, pad_id:int) -> tuple[torch.Tensor, torch.Tensor]:
     "Left-pad lists of ids to `(B, P)` ids and attention mask."

@@ -615,4 +615,5 @@ d = { 'settings': { 'branch': 'main',
                                   'minionerec.train.rng_state': ('train.html#rng_state', 'minionerec/train.py'),
                                   'minionerec.train.save_trainer_state': ('train.html#save_trainer_state', 'minionerec/train.py'),
                                   'minionerec.train.set_rng_state': ('train.html#set_rng_state', 'minionerec/train.py'),
+                                  'minionerec.train.updates_applied': ('train.html#updates_applied', 'minionerec/train.py'),
                                   'minionerec.train.use_master_weights': ('train.html#use_master_weights', 'minionerec/train.py')}}}

@@ -15,7 +15,7 @@ from .core import ConfigError, multi_process_cpu, get_logger, write_json, read_j
 # %% auto #0
 __all__ = ['Schedule', 'TRAINER_STATE', 'OPTIMIZER_STATE', 'LEGACY_STATE', 'batch_plan', 'lr_multiplier', 'make_scheduler',
            'deepspeed_requested', 'precision_plan', 'use_master_weights', 'fill_deepspeed_config', 'build_accelerator',
-           'count_updates', 'KeepBest', 'CSVLog', 'rng_state', 'set_rng_state', 'save_trainer_state',
+           'count_updates', 'updates_applied', 'KeepBest', 'CSVLog', 'rng_state', 'set_rng_state', 'save_trainer_state',
            'has_trainer_state', 'load_trainer_state']
 
 # %% ../nbs/06a_train.ipynb #941c9ef1
@@ -78,7 +78,7 @@ def use_master_weights(model, bf16:bool, deepspeed:bool|None=None) -> dict:
     dtypes = sorted({str(p.dtype).replace('torch.', '') for p in model.parameters() if p.requires_grad})
     return precision_plan(bf16, dtypes[0] if len(dtypes) == 1 else '/'.join(dtypes), ds) | {'cast': 'all' if n < 0 else n}
 
-# %% ../nbs/06a_train.ipynb #0b935ff2
+# %% ../nbs/06a_train.ipynb #f1c07a4c
 def fill_deepspeed_config(conf:dict, micro_batch:int, grad_accum:int, world_size:int, max_grad_norm:float=0.0) -> dict:
     "Fill DeepSpeed's `auto` batch, accumulation and clipping fields of `conf` in place from our plan; disagreeing numbers are an error."
     for k in ('optimizer', 'scheduler'):
@@ -107,10 +107,15 @@ def build_accelerator(grad_accum:int=1, bf16:bool=False, micro_batch:int=1, max_
     return acc
 
 def count_updates(optimizer) -> dict:
-    "A counter `{'n': updates}` of the real steps of a torch `optimizer` (a post-step hook; DeepSpeed's ZeRO steps it too)."
+    "A counter `{'n': steps}` of the real steps of a torch `optimizer` (a post-step hook, registered before `prepare`)."
     c = {'n': 0}
     optimizer.register_step_post_hook(lambda *a, **k: c.__setitem__('n', c['n'] + 1))
     return c
+
+def updates_applied(model, counter:dict) -> int:
+    "Optimizer updates applied so far: the DeepSpeed engine's own count (ZeRO steps the torch optimizer once per parameter group), else `counter`."
+    steps = getattr(model, 'global_steps', None)              # a prepared DeepSpeedEngine
+    return int(steps) if steps is not None else counter['n']
 
 # %% ../nbs/06a_train.ipynb #5adb1a75
 @dataclass

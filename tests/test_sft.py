@@ -1,14 +1,19 @@
-"""SFT (07_sft): batch arithmetic, overfitting, resume equivalence, frozen mode, 2-process torchrun, real data."""
+"""SFT (07_sft): batch arithmetic, overfitting, resume equivalence, trainer state without pickle, frozen mode, mixed
+precision that learns, one optimizer update per global batch on 1 and 2 processes (torchrun), DeepSpeed ZeRO-2 on 2 CPU
+processes, real data."""
 import json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from minionerec.core import ConfigError, read_json
 from minionerec.model import ModelConfig, apply_training_mode
-from minionerec.sft import (SFTConfig, SFTRunConfig, batch_plan, load_weights, run_sft, sft_loss, toy_backbone, toy_examples,
-                            train_sft)
+from minionerec.sft import SFTConfig, load_weights, sft_loss, toy_backbone, toy_examples, train_sft
+from minionerec.train import batch_plan
+sys.path.insert(0, str(Path(__file__).parent))
+from dist_runs import sft_run
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +50,12 @@ def test_loss_falls_when_overfitting(toy, tmp_path):
     res = train_sft(cfg, model, tok, ex, ex, out_dir=tmp_path)
     after = sft_loss(model, tok, ex)
     assert after['all'] < 0.4 * before['all'], (before, after)
-    for task in ('seqrec', 'sid2title'): assert after[task] < 0.5 * before[task], (task, before, after)
+    for task in ('rec', 'sid2title'): assert after[task] < 0.5 * before[task], (task, before, after)
     tr = res.history.query("split == 'train' and task == 'all'")
-    assert (tr.examples == 8).all() and len(tr) == res.steps == 36
+    assert (tr.examples == 8).all() and len(tr) == res.steps == res.updates == 36
     assert (tmp_path/'loss_curves.png').exists() and (tmp_path/'history.csv').exists()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path/'history.csv'), res.history, check_dtype=False)   # written as training went
+    assert res.monitor == 'rec' and res.best_value == res.history.query("split == 'valid' and task == 'rec'").loss.min()
 
 
 def test_resume_after_kill_gives_the_same_weights(toy, tmp_path):
@@ -78,6 +85,25 @@ def test_resume_after_kill_gives_the_same_weights(toy, tmp_path):
         train_sft(cfg.replace(lr=1e-3), again, tok, ex, ex[:6], out_dir=tmp_path/'part')
 
 
+def test_crafted_trainer_state_does_not_run_code(toy, tmp_path):
+    "Issue 14, bad case 1: a `last/` folder with pickles that would run code on load is refused, and nothing runs."
+    ex, index, texts = toy
+    cfg = SFTConfig.tiny().replace(epochs=1, global_batch_size=8, micro_batch_size=8, patience=0)
+    model, tok, _ = toy_backbone(index, texts, seed=1)
+    train_sft(cfg, model, tok, ex, ex[:6], out_dir=tmp_path/'run')
+    marker = tmp_path/'pwned'
+    class Evil:
+        def __reduce__(self): return (os.mkdir, (str(marker),))
+    torch.save({'state': Evil(), 'param_groups': []}, tmp_path/'run'/'last'/'optimizer.pt')      # the optimizer file
+    with pytest.raises(ConfigError, match='not a weights-only tensor file'):
+        train_sft(cfg.replace(epochs=2), toy_backbone(index, texts, seed=1)[0], tok, ex, ex[:6], out_dir=tmp_path/'run')
+    legacy = tmp_path/'old'/'last'; legacy.mkdir(parents=True)                                  # the old pickled format
+    torch.save({'optimizer': Evil()}, legacy/'trainer_state.pt')
+    with pytest.raises(ConfigError, match='never loaded'):
+        train_sft(cfg, toy_backbone(index, texts, seed=1)[0], tok, ex, ex[:6], out_dir=tmp_path/'old')
+    assert not marker.exists()
+
+
 def test_frozen_mode_changes_only_sid_rows(toy, tmp_path):
     ex, index, texts = toy
     model, tok, ids = toy_backbone(index, texts, seed=2)
@@ -95,54 +121,85 @@ def test_frozen_mode_changes_only_sid_rows(toy, tmp_path):
         if k != emb and not k.endswith('lm_head.weight'): torch.testing.assert_close(model.state_dict()[k], v, rtol=0, atol=0)
 
 
-def _synthetic_run_config(tmp_path, **sft):
-    from minionerec.data import make_synthetic, SyntheticConfig
-    from minionerec.sid import SIDIndex
-    n = len(make_synthetic(SyntheticConfig.tiny()).items)
-    flat = np.random.default_rng(0).choice(8 ** 3, n, replace=False)
-    SIDIndex(np.stack([flat // 64, flat // 8 % 8, flat % 8], 1)).to_json(tmp_path/'index.json')
-    cfg = SFTRunConfig.from_dict(dict(
-        sid_index=str(tmp_path/'index.json'),
-        model=dict(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64, vocab_size=300),
-        tasks=dict(max_per_task=16), output_dir=str(tmp_path/'out'),
-        sft=dict(epochs=1, max_steps=3, global_batch_size=8, micro_batch_size=2, max_length=256, **sft)))
-    cfg.to_yaml(tmp_path/'sft.yaml')
-    return cfg
+def test_paper_precision_trains_every_weight_at_lr_1e5(toy, tmp_path):
+    """The paper preset's precision (bf16 backbone weights, `bf16=True`) at lr 1e-5: fp32 master weights with bf16 autocast,
+    so every trained weight moves within 3 steps (AdamW on the bf16 weights themselves leaves most unchanged)."""
+    from minionerec.pipeline import preset
+    paper = preset('paper')
+    ex, index, texts = toy
+    model, tok, _ = toy_backbone(index, texts, seed=5, dtype=paper.model.dtype)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    before = {k: v.detach().float().clone() for k, v in model.named_parameters()}
+    cfg = SFTConfig.tiny().replace(lr=1e-5, warmup_ratio=0.0, epochs=1, max_steps=3, global_batch_size=8, micro_batch_size=4,
+                                   bf16=paper.sft.bf16, resume=False)
+    res = train_sft(cfg, model, tok, ex, out_dir=tmp_path)
+    assert res.plan['mixed_precision'] == 'bf16' and res.plan['master_weights'] == 'float32' and res.updates == 3
+    used = sorted({i for e in ex for i in tok(e['prompt'] + e['target'])['input_ids']} | {tok.eos_token_id})
+    for k, p in model.named_parameters():
+        assert p.dtype == torch.float32, k
+        moved = p.detach() != before[k]
+        if 'embed_tokens' in k: moved = moved[used]          # rows of tokens that never occur get no gradient
+        assert moved.float().mean() > 0.95, (k, float(moved.float().mean()))
 
 
-def test_two_processes_torchrun(tmp_path):
-    "`torchrun --nproc_per_node 2 -m minionerec.sft`: disjoint shards, the configured global batch, same loss as 1 process."
-    cfg = _synthetic_run_config(tmp_path)
+def test_one_update_per_global_batch_one_and_two_processes(tmp_path):
+    """`torchrun --nproc_per_node 2`: disjoint shards, the configured global batch, one optimizer update per global batch
+    (counted on the torch optimizer), the same losses as 1 process; `history.csv` is complete."""
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE', 'MINIONEREC_QUIET': '1'}
     p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                        '-m', 'minionerec.sft', '--config', str(tmp_path/'sft.yaml')],
+                        str(Path(__file__).parent/'dist_runs.py'), 'sft', str(tmp_path/'two')],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    res = read_json(tmp_path/'out'/'sft_result.json')
-    assert res['plan']['world_size'] == 2 and res['plan']['grad_accum'] == 2 and res['steps'] == 3
+    res = read_json(tmp_path/'two'/'sft_result.json')
+    assert res['plan']['world_size'] == 2 and res['plan']['grad_accum'] == 2 and res['steps'] == res['updates'] == 3
     a, b = res['first_step_shards']
     assert len(a) == len(b) == 4 and not set(a) & set(b)
-    import pandas as pd
-    h = pd.read_csv(tmp_path/'out'/'history.csv')
+    h = pd.read_csv(tmp_path/'two'/'history.csv')
     tr = h.query("split == 'train' and task == 'all'")
     assert (tr.examples == 8).all() and len(tr) == 3
-    # one process, same config: the same global batches and the same token-mean loss
-    one = run_sft(cfg.replace(output_dir=tmp_path/'one'))
-    assert one.plan['world_size'] == 1 and one.plan['grad_accum'] == 4
-    t1 = one.history.query("split == 'train' and task == 'all'")
-    np.testing.assert_allclose(t1.loss.values, tr.loss.values, rtol=1e-4)
+    one = sft_run(tmp_path/'one')                                   # the same run in this process
+    assert one.plan['world_size'] == 1 and one.plan['grad_accum'] == 4 and one.steps == one.updates == 3
+    np.testing.assert_allclose(one.history.query("split == 'train' and task == 'all'").loss.values, tr.loss.values, rtol=1e-4)
     v2, v1 = h.query("split == 'valid' and task == 'all'").loss.values, one.history.query("split == 'valid' and task == 'all'").loss.values
     np.testing.assert_allclose(v1, v2, rtol=1e-4)
 
 
+def test_deepspeed_zero2_two_cpu_processes(tmp_path):
+    """ZeRO-2 (configs/deepspeed_zero2.json, its `auto` fields filled from our plan) on 2 CPU processes: the engine steps
+    the optimizer once per global batch (not once per micro-batch), the prepared scheduler follows our schedule, and the
+    first loss equals the DDP run's (same weights, same batch)."""
+    pytest.importorskip('deepspeed')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE', 'MINIONEREC_QUIET': '1'}
+    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                        str(Path(__file__).parent/'dist_runs.py'), 'sft', str(tmp_path/'ds'), json.dumps({'deepspeed_cpu': True, 'warmup_ratio': 0.5})],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert p.returncode == 0, p.stderr[-4000:]
+    res = read_json(tmp_path/'ds'/'sft_result.json')
+    assert res['plan']['engine'] == 'deepspeed' and res['plan']['grad_accum'] == 2
+    assert res['steps'] == res['updates'] == 3
+    h = pd.read_csv(tmp_path/'ds'/'history.csv')
+    tr = h.query("split == 'train' and task == 'all'")
+    ddp = sft_run(tmp_path/'ddp', warmup_ratio=0.5)
+    t1 = ddp.history.query("split == 'train' and task == 'all'")
+    np.testing.assert_allclose(tr.lr.values, t1.lr.values, rtol=1e-9)          # the schedule, stepped once per update
+    np.testing.assert_allclose(tr.loss.values[0], t1.loss.values[0], rtol=1e-4)
+    assert np.isfinite(tr.loss.values).all() and (tmp_path/'ds'/'best'/'config.json').exists()
+
+
 def test_industrial_mixture_trains(amazon_root, tmp_path):
     "Real data: the full task mixture on Industrial tokenizes, trains a few steps of a tiny backbone, and the loss falls."
-    cfg = SFTRunConfig.from_dict(dict(
-        data=dict(source='published', root=str(amazon_root)),
-        model=dict(hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, vocab_size=1000),
-        tasks=dict(max_per_task=48), output_dir=str(tmp_path),
-        sft=dict(lr=3e-3, epochs=1, max_steps=12, warmup_ratio=0.0, global_batch_size=16, micro_batch_size=8, max_length=384)))
-    res = run_sft(cfg)
+    from minionerec.data import load_published
+    from minionerec.sid import SIDIndex
+    from minionerec.model import load_backbone, add_sid_tokens
+    from minionerec.tasks import TaskMixConfig, build_mixture
+    data = load_published(amazon_root); index = SIDIndex.from_published(data)
+    mcfg = ModelConfig(hidden_size=48, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128, vocab_size=1000)
+    model, tok = load_backbone(mcfg, [t for t in data.items.title.tolist() + data.items.description.tolist() if t])
+    add_sid_tokens(tok, model, index)
+    mix = TaskMixConfig(max_per_task=48)
+    train, valid = build_mixture(data, index, 'train', mix, tokenizer=tok), build_mixture(data, index, 'valid', mix, tokenizer=tok)
+    res = train_sft(SFTConfig(lr=3e-3, epochs=1, max_steps=12, warmup_ratio=0.0, global_batch_size=16, micro_batch_size=8, max_length=384),
+                    model, tok, train, valid, out_dir=tmp_path)
     tr = res.history.query("split == 'train' and task == 'all'").loss.values
     assert res.steps == 12 and np.isfinite(tr).all()
     assert tr[-3:].mean() < tr[:3].mean(), tr

@@ -1,6 +1,6 @@
-"""RL (11_rewards, 12_grpo): our GRPO loss agrees with TRL's on a fixed batch, the CLI config is strict, and the same
-module runs under `torchrun --nproc_per_node 2` (gloo, CPU): prompts sharded, rewards gathered, same first step as one
-process, no hang, clean exit."""
+"""RL (11_rewards, 12_grpo): our GRPO loss agrees with TRL's on a fixed batch, the config is strict, and the same
+trainer runs under `torchrun --nproc_per_node 2` (gloo, CPU): prompts sharded, rewards gathered, same steps as one
+process, one optimizer update per step, no hang, clean exit; and under DeepSpeed ZeRO-2 on 2 CPU processes."""
 import os, sys, json, subprocess, time
 from pathlib import Path
 import numpy as np
@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from minionerec.core import ConfigError
-from minionerec.grpo import GRPOConfig, GRPORunConfig, grpo_loss, run_grpo
+from minionerec.grpo import GRPOConfig, grpo_loss
 from minionerec.rewards import RewardConfig
+sys.path.insert(0, str(Path(__file__).parent))
+from dist_runs import grpo_world, grpo_run
 
 REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(2)
@@ -61,58 +63,42 @@ def test_grpo_loss_matches_trl(ours, theirs, tmp_path):
     torch.testing.assert_close(our_loss, theirs_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g_ours, g_theirs, rtol=1e-4, atol=1e-7)
 
-def test_run_config_is_strict(tmp_path):
-    with pytest.raises(ConfigError, match='checkpoint'): GRPORunConfig()
-    c = GRPORunConfig(checkpoint=tmp_path, grpo=GRPOConfig.tiny())
-    assert GRPORunConfig.from_yaml(c.to_yaml()) == c
-    with pytest.raises(ConfigError, match="did you mean 'num_generations'"):
-        GRPORunConfig.from_dict({'checkpoint': str(tmp_path), 'grpo': {'num_generation': 4}})
+def test_config_is_strict():
+    c = GRPOConfig.tiny()
+    assert GRPOConfig.from_yaml(c.to_yaml()) == c
+    with pytest.raises(ConfigError, match="did you mean 'num_generations'"): GRPOConfig.from_dict({'num_generation': 4})
+    with pytest.raises(ConfigError, match='multiple of micro_batch'): GRPOConfig(prompts_per_step=6, micro_batch=4)
+    assert GRPOConfig.paper().bf16 and not GRPOConfig.paper().deterministic and GRPOConfig.tiny().deterministic
 
 @pytest.fixture(scope='module')
-def tiny_run(tmp_path_factory):
-    "Synthetic data in the published layout, a collision-free SID index and an (untrained) tiny checkpoint + run YAML."
-    from minionerec.data import make_synthetic, SyntheticConfig, write_published
-    from minionerec.sid import SIDIndex
-    from minionerec.model import train_bpe_tokenizer, build_tiny_model, add_sid_tokens, save_checkpoint, ModelConfig
-    from minionerec.tasks import scaffold_texts
-    root = tmp_path_factory.mktemp('rl')
-    data = make_synthetic(SyntheticConfig.tiny())
-    write_published(data, root / 'data')
-    n = len(data.items)
-    index = SIDIndex(np.stack([np.arange(n) // 16, (np.arange(n) // 4) % 4, np.arange(n) % 4], 1))
-    index.to_json(root / 'index.json')
-    tok = train_bpe_tokenizer(data.items.title.tolist() + scaffold_texts(), vocab_size=512)
-    model = build_tiny_model(ModelConfig.tiny(), tok)
-    add_sid_tokens(tok, model, index)
-    save_checkpoint(model, tok, root / 'ckpt')
-    grpo = GRPOConfig.tiny().replace(prompts_per_step=4, micro_batch=1, max_steps=2, eval_max_users=6, beam_batch_size=2,
-                                     tasks=('rec', 'title2sid'))
-    # an untrained policy rarely hits the target: 'penalize_all' gives every group non-constant rewards, hence gradients
-    cfg = GRPORunConfig(checkpoint=root / 'ckpt', index=root / 'index.json', data_root=root / 'data', out_dir=root / 'one',
-                        max_train=64, threads=1, grpo=grpo, reward=RewardConfig(miss='penalize_all'))
-    cfg.to_yaml(root / 'run.yaml')
-    return root, cfg
+def world(tmp_path_factory):
+    "Synthetic data in the published layout, a collision-free SID index and an (untrained) tiny checkpoint."
+    return grpo_world(tmp_path_factory.mktemp('rl'))
 
-def test_two_processes_match_one(tiny_run):
-    """torchrun with 2 CPU processes (gloo): each rolls out its half of the prompts, rewards are gathered, the first step's
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE', 'MINIONEREC_QUIET': '1', 'TOKENIZERS_PARALLELISM': 'false'}
+
+def _torchrun(root, out, timeout=300, **kw):
+    return subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
+                           str(Path(__file__).parent/'dist_runs.py'), 'grpo', str(out), json.dumps({'root': str(root), **kw})],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+def test_two_processes_match_one(world):
+    """torchrun with 2 CPU processes (gloo): each rolls out its half of the prompts, rewards are gathered, the steps'
     statistics equal a 1-process run's (same global batch, globally normalized loss), and both exit cleanly."""
-    root, cfg = tiny_run
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE', 'MINIONEREC_QUIET': '1', 'TOKENIZERS_PARALLELISM': 'false'}
+    root = world
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
-                        '-m', 'minionerec.grpo', '--config', str(root / 'run.yaml'), '--out_dir', str(root / 'two')],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    p = _torchrun(root, root/'two', timeout=240)
     seconds = time.perf_counter() - t0
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert p.stdout.count('GRPO done') == 1                                  # printed by the main process only
+    assert p.stdout.count('grpo done') == 1                                  # printed by the main process only
     two = json.loads((root / 'two' / 'summary.json').read_text())
-    assert two['processes'] == 2 and two['steps'] == 2
+    assert two['processes'] == 2 and two['steps'] == two['updates'] == 2     # one optimizer update per step
     h2 = pd.read_csv(root / 'two' / 'history.csv')
-    assert h2.groups.tolist() == [4, 4]                                      # both halves of every step's groups gathered
-    one = run_grpo(cfg)                                                      # the same run in this process
+    assert h2.groups.tolist() == [4, 4] and h2.updates.tolist() == [1, 2]    # both halves of every step's groups gathered
+    one = grpo_run(root, root/'one')                                          # the same run in this process
     h1 = one.history
     assert h1.adv_abs.iloc[0] > 0.5 and h1.reward_rank.iloc[0] < 0      # the rollouts carry a learning signal
-    for k in ('reward_rule', 'reward_rank', 'reward_total', 'hit_frac', 'group_ndcg', 'adv_abs', 'loss', 'kl', 'ratio'):
+    for k in ('reward_rule', 'reward_rank', 'reward_total', 'hit_frac', 'group_ndcg', 'adv_abs', 'loss', 'kl', 'ratio', 'updates'):
         np.testing.assert_allclose(h1[k].values, h2[k].values, rtol=1e-3, atol=1e-7, err_msg=k)   # both steps
     assert h2.kl.iloc[1] > 0                                             # step 2 measures the step-1 update: same on 1 and 2 processes
     from minionerec.model import load_checkpoint
@@ -124,25 +110,35 @@ def test_two_processes_match_one(tiny_run):
     assert (root / 'two' / 'checkpoint' / 'config.json').exists()
     assert seconds < 150, f'2-process run took {seconds:.0f}s'
 
-def test_two_processes_filter_groups_match_one(tiny_run):
+def test_two_processes_filter_groups_match_one(world):
     """`filter_groups`: groups without a learning signal leave the loss and are never forwarded, so the processes hold
     different numbers of live rows; each still runs the plan's micro-batches (no hang) and the run equals 1 process."""
-    root, cfg = tiny_run
-    grpo = cfg.grpo.replace(filter_groups=True, num_generations=16, prompts_per_step=8, micro_batch=2, max_steps=3, eval_max_users=4)
-    cfg_f = cfg.replace(grpo=grpo, reward=RewardConfig(miss='zero'), out_dir=root / 'one_f')
-    cfg_f.to_yaml(root / 'run_f.yaml')
-    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE', 'MINIONEREC_QUIET': '1', 'TOKENIZERS_PARALLELISM': 'false'}
-    p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
-                        '-m', 'minionerec.grpo', '--config', str(root / 'run_f.yaml'), '--out_dir', str(root / 'two_f')],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    root = world
+    kw = dict(filter_groups=True, num_generations=16, prompts_per_step=8, micro_batch=2, max_steps=3, eval_max_users=4, reward={'miss': 'zero'})
+    p = _torchrun(root, root/'two_f', **kw)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     h2 = pd.read_csv(root / 'two_f' / 'history.csv')
-    one = run_grpo(cfg_f)
+    one = grpo_run(root, root/'one_f', **kw)
     h1 = one.history
     assert ((h1.trained_frac > 0) & (h1.trained_frac < 1)).any(), h1.trained_frac   # some groups kept, some dropped
-    for k in ('reward_rule', 'reward_rank', 'hit_frac', 'trained_frac', 'loss', 'kl'):
+    for k in ('reward_rule', 'reward_rank', 'hit_frac', 'trained_frac', 'loss', 'kl', 'updates'):
         np.testing.assert_allclose(h1[k].values, h2[k].values, rtol=1e-3, atol=1e-7, err_msg=k)
     from minionerec.model import load_checkpoint
     m2, _ = load_checkpoint(root / 'two_f' / 'checkpoint')
     for (k, a), b in zip(one.model.state_dict().items(), m2.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=k)
+
+def test_deepspeed_zero2_two_cpu_processes(world):
+    """GRPO under ZeRO-2 on 2 CPU processes: the trainer builds (its schedule is made before `prepare`, so the ZeRO
+    optimizer is no obstacle), the engine takes one update per step with 2 micro-batches per process, and the first step's
+    statistics equal the 1-process run's."""
+    pytest.importorskip('deepspeed')
+    root = world
+    p = _torchrun(root, root/'ds', timeout=400, deepspeed_cpu=True, prompts_per_step=8, micro_batch=2, max_steps=2)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-4000:]
+    s = json.loads((root / 'ds' / 'summary.json').read_text())
+    assert s['precision']['engine'] == 'deepspeed' and s['steps'] == s['updates'] == 2
+    h2 = pd.read_csv(root / 'ds' / 'history.csv')
+    h1 = grpo_run(root, root/'ds_one', prompts_per_step=8, micro_batch=2, max_steps=2).history
+    for k in ('reward_rule', 'reward_rank', 'hit_frac', 'loss'):
+        np.testing.assert_allclose(h1[k].values[:1], h2[k].values[:1], rtol=1e-3, atol=1e-6, err_msg=k)

@@ -182,7 +182,7 @@ def set_rng_state(s:dict):
     torch.set_rng_state(_unb64(s['torch']))
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all([_unb64(x) for x in s['cuda']])
 
-# %% ../nbs/06a_train.ipynb #b26d57b1
+# %% ../nbs/06a_train.ipynb #4f839194
 TRAINER_STATE, OPTIMIZER_STATE, LEGACY_STATE = 'trainer_state.json', 'optimizer.pt', 'trainer_state.pt'
 
 def save_trainer_state(path, state:dict, optimizer_state:dict|None=None):
@@ -200,7 +200,7 @@ def load_trainer_state(path) -> tuple[dict, dict|None]:
     if not (path/TRAINER_STATE).exists():
         if (path/LEGACY_STATE).exists():
             raise ConfigError(f'{path/LEGACY_STATE}: a pickled trainer state (older format) is never loaded; '
-                              'start again with resume=False or another output folder')
+                              'start again with resume=False or another output folder (pipeline: --force sft)')
         raise FileNotFoundError(f'{path/TRAINER_STATE}: no trainer state')
     state = read_json(path/TRAINER_STATE)
     if not state.get('has_optimizer'): return state, None

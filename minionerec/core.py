@@ -254,7 +254,7 @@ class Config:
         "A validated copy with some fields changed (unknown fields are an error)."
         return type(self).from_dict({**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
 
-# %% ../nbs/00_core.ipynb #0c38c1f3
+# %% ../nbs/00_core.ipynb #8df936d7
 def progress(it=None, total:int|None=None, desc:str|None=None, disable:bool|None=None, **kw):
     "A tqdm progress bar, silent under tests or when `$MINIONEREC_QUIET` is set."
     from tqdm.auto import tqdm
@@ -276,9 +276,10 @@ def get_device(prefer:str|None=None):
     return torch.device('cpu')
 
 def multi_process_cpu() -> bool:
-    "True when launched with several processes (`$WORLD_SIZE` > 1) and no GPU: `accelerate` must then be asked for CPU (gloo) processes (`Accelerator(cpu=True)`)."
+    "True when launched with several processes (`$WORLD_SIZE` > 1), no GPU and no DeepSpeed: `accelerate` must then be asked for CPU (gloo) processes (`Accelerator(cpu=True)`, which would silently drop DeepSpeed)."
     import torch
-    return not torch.cuda.is_available() and int(os.environ.get('WORLD_SIZE', '1')) > 1
+    ds = os.environ.get('ACCELERATE_USE_DEEPSPEED', 'false').lower() == 'true'
+    return not torch.cuda.is_available() and int(os.environ.get('WORLD_SIZE', '1')) > 1 and not ds
 
 # %% ../nbs/00_core.ipynb #3ab5e5da
 def save_fig(fig, path, dpi:int=110) -> Path:

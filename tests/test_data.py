@@ -393,3 +393,75 @@ def test_amazon2023_rejects_seconds(tmp_path):
     (tmp_path/'r.jsonl').write_text('\n'.join(lines) + '\n')
     with pytest.raises(DataError, match=r"r.jsonl, line 3, field 'timestamp': 1641371400 looks like seconds"):
         prepare_amazon_files(tmp_path/'r.jsonl', FX23/'meta.jsonl', version='2023')
+
+# ---------------------------------------------------------------- the pipeline's prepare stage and the CLI on these sources
+def _yaml(path, text):
+    path.write_text(text); return path
+
+def test_industrial_preset_on_your_tables(shop, tmp_path):
+    "A YAML with `preset: industrial` + a data section: only the data changes; prepare writes the layout and the counts."
+    from minionerec.pipeline import load_config, preset, run_pipeline
+    ev, it = shop
+    cfg = load_config(_yaml(tmp_path/'my.yaml', f'preset: industrial\nrun_dir: {tmp_path/"run"}\ndata:\n  source: interactions\n'
+                            f'  interactions: {ev}\n  items: {it}\n  protocol: {{user_k: 3, item_k: 2}}\n'))
+    ref = preset('industrial').to_dict()
+    assert {k: v for k, v in cfg.to_dict().items() if k not in ('data', 'run_dir')} == {k: v for k, v in ref.items() if k not in ('data', 'run_dir')}
+    assert cfg.data.name is None and cfg.data.protocol.user_k == 3        # the preset's dataset name did not leak in
+    done = run_pipeline(cfg, ['prepare'])
+    m = done['prepare']['metrics']
+    assert (m['name'], m['items'], m['train_samples'], m['valid_samples'], m['test_samples']) == ('events', 3, 8, 1, 1)
+    assert m['counts']['after_title_rules'] == 14
+    assert load_published(tmp_path/'run'/'prepare'/'data').n_items == 3
+    assert json.loads((tmp_path/'run'/'prepare'/'protocol_counts.json').read_text())['protocol']['user_k'] == 3
+
+def test_edited_source_reruns_prepare(shop, tmp_path):
+    "Stale copies: the source files' size and mtime are in the prepare fingerprint."
+    import os
+    from minionerec.pipeline import load_config, run_pipeline
+    ev, it = shop
+    cfg = load_config('tiny', [f'run_dir={tmp_path/"run"}', 'data.source=interactions', f'data.interactions={ev}', f'data.items={it}',
+                               'data.protocol.user_k=3', 'data.protocol.item_k=2'])
+    first = run_pipeline(cfg, ['prepare'])['prepare']
+    assert run_pipeline(cfg, ['prepare'])['prepare'] == first                     # unchanged source: skipped
+    _csv(ev, ['user', 'item', 'time'], EVENTS + [('ann', 'B', '2024-05-01')])     # one more event
+    again = run_pipeline(cfg, ['prepare'])['prepare']
+    assert again['fingerprint'] != first['fingerprint'] and again['metrics']['counts']['events'] == 17
+    st = os.stat(ev); os.utime(ev, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))   # same content, touched: redone too (size + mtime)
+    assert run_pipeline(cfg, ['prepare'])['prepare']['fingerprint'] != again['fingerprint']
+
+def test_failed_prepare_leaves_nothing(toy_layout, tmp_path):
+    "A header-only split fails the prepare stage naming the file, and no prepare/data is left behind (issue 14, BAD 7)."
+    from minionerec.pipeline import load_config, run_pipeline
+    root, p, _ = toy_layout
+    p.write_text(p.read_text().splitlines()[0] + '\n')
+    cfg = load_config('tiny', [f'run_dir={tmp_path/"run"}', 'data.source=published', f'data.path={root}'])
+    with pytest.raises(DataError, match=rf'{p.name}: no samples'): run_pipeline(cfg, ['prepare'])
+    assert not (tmp_path/'run'/'prepare'/'data').exists()
+
+def test_cli_download_prepare_and_errors(tmp_path, capsys, monkeypatch, shop):
+    from minionerec.cli import main
+    data = make_synthetic(SyntheticConfig.tiny().replace(n_users=40, name='Industrial_and_Scientific'))
+    write_published(data, tmp_path/'mirror')
+    url = (tmp_path/'mirror'/'Amazon').as_uri()
+    assert main(['download', 'industrial', '--dest', str(tmp_path/'got'), '--base-url', url]) == 0
+    out = capsys.readouterr().out
+    assert 'Industrial_and_Scientific: 192 items' in out and f'data.path={tmp_path/"got"}' in out
+    assert load_published(tmp_path/'got').equals(data)
+    assert main(['download', 'office', '--dest', str(tmp_path/'got2'), '--base-url', url]) == 2   # not on this mirror
+    err = capsys.readouterr().err
+    assert err.startswith('minionerec: error: could not download file://') and err.count('\n') == 1
+    assert not any(p.is_file() for p in (tmp_path/'got2').rglob('*'))
+    # prepare prints the counts after each step; a data error is one line, exit 2
+    ev, it = shop
+    args = ['prepare', '--config', 'tiny', '--run-dir', str(tmp_path/'run'), '--set', 'data.source=interactions', '--set', f'data.interactions={ev}',
+            '--set', f'data.items={it}', '--set', 'data.protocol.user_k=3', '--set', 'data.protocol.item_k=2']
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert 'events: 3 items, 4 users; samples train 8 / valid 1 / test 1' in out
+    assert 'interactions: 16 read -> 14 after title rules -> 14 after time window -> 14 after k core (0 k-core rounds)' in out
+    assert main(args[:-2] + ['--set', 'data.protocol.user_k=9']) == 2
+    assert capsys.readouterr().err.count('\n') == 1
+    # a dataset name that is a path is refused before anything is written (issue 14, BAD 2)
+    monkeypatch.chdir(tmp_path)
+    assert main(['prepare', '--config', 'tiny', '--run-dir', 'r2', '--set', 'data.synthetic.name=../../../../../ESCAPED']) == 2
+    assert 'is not a dataset name' in capsys.readouterr().err and not (tmp_path/'r2').exists()

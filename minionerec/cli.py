@@ -13,7 +13,7 @@ from .pipeline import STAGE_NAMES, load_config, run_pipeline, plan_run
 # %% auto #0
 __all__ = ['add_download_parser', 'download_command', 'prepare_summary', 'build_parser', 'main']
 
-# %% ../nbs/13a_cli.ipynb #df78ffb4
+# %% ../nbs/13a_cli.ipynb #9b4b1f96
 def add_download_parser(sub):
     "The `download NAME` subcommand."
     p = sub.add_parser('download', help='download a published dataset (industrial, office) into $MINIONEREC_DATA, the cache or --dest')
@@ -41,7 +41,7 @@ def prepare_summary(m:dict) -> str:
         first = c.get('events', c.get('reviews'))
         lines.append('interactions: ' + ' -> '.join([f'{first:,} read'] + [f'{v:,} after {k}' for k, v in steps]) + f" ({c['k_core_rounds']} k-core rounds)")
         drop = c.get('items_dropped', c.get('meta_items_dropped'))
-        if drop: lines.append('items dropped: ' + ', '.join(f'{v:,} {k}' for k, v in drop.items() if v) + (' (none)' if not any(drop.values()) else ''))
+        if drop: lines.append('items dropped: ' + (', '.join(f'{v:,} {k}' for k, v in drop.items() if v) or 'none'))
     return '\n'.join(lines)
 
 # %% ../nbs/13a_cli.ipynb #583fec69

@@ -465,3 +465,25 @@ def test_cli_download_prepare_and_errors(tmp_path, capsys, monkeypatch, shop):
     monkeypatch.chdir(tmp_path)
     assert main(['prepare', '--config', 'tiny', '--run-dir', 'r2', '--set', 'data.synthetic.name=../../../../../ESCAPED']) == 2
     assert 'is not a dataset name' in capsys.readouterr().err and not (tmp_path/'r2').exists()
+
+def test_readme_yaml_runs_the_whole_pipeline(tmp_path, monkeypatch, capsys):
+    "The README's 'your own data' config (on the tiny recipe, for time): two CSV files -> every stage -> a report."
+    from minionerec.cli import main
+    rng = np.random.default_rng(0)
+    titles = [f'{a} {b}' for a in ('Red', 'Blue', 'Green', 'Black', 'White', 'Grey') for b in ('pen', 'ink', 'pad', 'clip', 'file', 'tape',
+              'glue', 'ruler', 'stapler', 'marker', 'folder', 'binder', 'eraser', 'sharpener', 'envelope', 'label', 'notebook', 'lamp', 'tray', 'desk')]
+    _csv(tmp_path/'items.csv', ['item', 'title'], [(f'SKU{i}', t) for i, t in enumerate(titles)])
+    rows = []
+    for u in range(160):
+        g = rng.integers(6); t = 1_700_000_000 + int(rng.integers(0, 10**7))
+        for _ in range(int(rng.integers(5, 12))):
+            t += int(rng.integers(3600, 10**6)); i = int(rng.integers(20 * g, 20 * g + 20)) if rng.random() < 0.8 else int(rng.integers(120))
+            rows.append((f'c{u}', f'SKU{i}', t))
+    _csv(tmp_path/'events.csv', ['customer_id', 'item', 'time'], rows)
+    _yaml(tmp_path/'my_data.yaml', 'preset: tiny\nrun_dir: runs/my_data\ndata:\n  source: interactions\n  interactions: events.csv\n'
+                                   '  items: items.csv\n  columns: {user: customer_id}\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(['pipeline', '--config', 'my_data.yaml']) == 0
+    assert 'report: runs/my_data/report/report.md' in capsys.readouterr().out
+    report = (tmp_path/'runs'/'my_data'/'report'/'report.md').read_text()
+    assert 'SASRec' in report and '"counts"' in report and '"after_k_core"' in report

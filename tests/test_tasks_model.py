@@ -7,7 +7,7 @@ import torch
 from minionerec.data import make_synthetic, SyntheticConfig, load_published
 from minionerec.sid import SIDIndex
 from minionerec.tasks import (RESPONSE_HEADER, TASKS, SID_TARGET_TASKS, TaskMixConfig, build_mixture, task_counts,
-                              task_examples, rec_examples, leaked, format_prompt, INSTRUCTIONS)
+                              task_examples, rec_examples, leaked, format_prompt, INSTRUCTIONS, with_history)
 from minionerec.model import (ModelConfig, load_backbone, add_sid_tokens, apply_training_mode, param_groups,
                               save_checkpoint, load_checkpoint, checkpoint_meta, count_parameters)
 
@@ -37,7 +37,9 @@ def test_every_task_has_examples_and_one_scaffold(synth):
         ex = task_examples(t, data, index, 'train')
         assert ex, t
         for e in ex[:50]:
-            assert set(e) == {'prompt', 'target', 'task', 'item_id'} and e['task'] == t and e['target']
+            assert {'prompt', 'target', 'task', 'item_id'} <= set(e) <= {'prompt', 'target', 'task', 'item_id', 'frame', 'hist'}
+            assert e['task'] == t and e['target']
+            if 'hist' in e: assert e['prompt'] == with_history(e, len(e['hist']))['prompt'] == e['frame'][0] + e['frame'][1].join(e['hist']) + e['frame'][2]
             assert e['prompt'] == format_prompt(INSTRUCTIONS[t], e['prompt'].split('### Input:\n')[1].rsplit('\n\n' + RESPONSE_HEADER, 1)[0])
 
 

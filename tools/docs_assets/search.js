@@ -3,12 +3,14 @@
 (function () {
   var box = document.getElementById('site-search'), list = document.getElementById('site-search-results');
   if (!box || !list) return;
-  var loading = false;
+  var waiting = null;                       // callbacks waiting for the index while it loads
   function load(then) {
     if (window.MINIONEREC_SEARCH) return then();
-    if (loading) return; loading = true;
+    if (waiting) { waiting.push(then); return; }
+    waiting = [then];
     var s = document.createElement('script'); s.src = '_static/search_index.js';
-    s.onload = function () { loading = false; then(); }; document.head.appendChild(s);
+    s.onload = function () { var w = waiting; waiting = null; w.forEach(function (f) { f(); }); };
+    document.head.appendChild(s);
   }
   function el(tag, cls, text) { var e = document.createElement(tag); if (cls) e.className = cls; if (text) e.textContent = text; return e; }
   function snippet(text, word) {

@@ -155,3 +155,57 @@ def test_sid_explorer_in_the_docs(rendered):
         title = b.eval('document.querySelector(".sx-card .sx-title").textContent')
         assert re.fullmatch(r'(<[a-d]_\d+>){3,4}', sid) and 'pipette tips' in title.lower(), (sid, title)
         assert b.errors == [] and b.external() == []
+
+LIVE_NB = '''import numpy as np
+from minionerec.data import make_synthetic, SyntheticConfig
+from minionerec.sid import build_sid_index
+from minionerec.sid_explorer import sid_explorer
+d = make_synthetic(SyntheticConfig.tiny()); rng = np.random.default_rng(0)
+codes = np.stack([rng.integers(0, 4, d.n_items), rng.integers(0, 4, d.n_items), rng.integers(0, 8, d.n_items)], 1)
+idx = build_sid_index(codes, codebook_sizes=[4, 4, 8])
+ex = sid_explorer(idx, d.items)
+ex'''
+
+@needs_chromium
+def test_sid_explorer_is_a_live_widget_in_jupyterlab(tmp_path):
+    "JupyterLab (a local server on 127.0.0.1) runs the widget: a search in the view reaches Python, and `show` from Python moves the view."
+    import os, shutil, signal, socket, subprocess, time, urllib.request
+    if shutil.which('jupyter') is None or subprocess.run(['jupyter', 'lab', '--version'], capture_output=True).returncode: pytest.skip('jupyterlab not installed')
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(LIVE_NB), nbformat.v4.new_code_cell('print("PYSTATE", ex.item, ex.query)'),
+                                         nbformat.v4.new_code_cell('ex.show(7); print("SHOWN", idx.sid(7))')])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nbformat.write(nb, tmp_path/'live.ipynb')
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])), 'JUPYTER_RUNTIME_DIR': str(tmp_path/'rt')}
+    server = subprocess.Popen(['jupyter', 'lab', '--allow-root', '--no-browser', '--ip=127.0.0.1', f'--port={port}', '--IdentityProvider.token=',
+                               '--ServerApp.password=', '--LabApp.expose_app_in_browser=True', f'--ServerApp.root_dir={tmp_path}',
+                               '--LabApp.news_url=', '--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate'],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        for _ in range(240):
+            try: urllib.request.urlopen(f'http://127.0.0.1:{port}/api/status', timeout=2); break
+            except Exception: time.sleep(0.5)
+        app = 'window.jupyterapp'
+        def run_cell(i): b.eval(f'(() => {{ const nb = {app}.shell.currentWidget.content; nb.activeCellIndex = {i}; return {app}.commands.execute("notebook:run-cell"); }})()')
+        def output(text):
+            return b.wait_for(f'[...document.querySelectorAll(".jp-OutputArea-output pre")].map(e => e.textContent).find(t => t.includes({text!r})) || ""', 120)
+        with browser_check.Browser(1280, 1000, timeout=180) as b:
+            b.goto(f'http://127.0.0.1:{port}/lab/tree/live.ipynb', settle=2)
+            b.wait_for(f'!!{app} && !!{app}.shell.currentWidget && !!{app}.shell.currentWidget.sessionContext?.session?.kernel', 180)
+            b.wait_for(f'{app}.shell.currentWidget.sessionContext.session.kernel.status == "idle"', 180)
+            run_cell(0)
+            b.wait_for('!!document.querySelector(".jp-OutputArea .sx .sx-search")', 180)   # rendered by anywidget, not the HTML fallback
+            b.type('.jp-OutputArea .sx .sx-search', 'pipette')
+            b.wait_for('!!document.querySelector(".sx-results li[data-item]")', 30)
+            first = int(b.eval('document.querySelector(".sx-results li[data-item]").dataset.item'))
+            b.press('Enter')
+            b.wait_for('!!document.querySelector(".sx-card .sx-sid")', 30)
+            run_cell(1)
+            assert output('PYSTATE').split()[1:] == [str(first), 'pipette']                  # the view's choice reached Python
+            run_cell(2)
+            sid7 = output('SHOWN').split()[1]
+            assert b.wait_for(f'document.querySelector(".sx-card .sx-sid")?.textContent == {sid7!r}', 60)   # and Python moves the view
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try: server.wait(20)
+        except subprocess.TimeoutExpired: os.killpg(server.pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
          '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage', '--hide-scrollbars',
-         '--host-resolver-rules=MAP * ~NOTFOUND', '--remote-allow-origins=*']
+         '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1', '--remote-allow-origins=*']
 LOCAL = ('file:', 'data:', 'blob:', 'about:', 'chrome-error:')
 
 def chromium_path():

@@ -158,7 +158,7 @@ def pager_html(chs, i: int) -> str:
 
 class _Sections(HTMLParser):
     "Text of a rendered page split at its h1-h3 headings (outputs, scripts and styles left out): the search index."
-    SKIP = ('script', 'style')
+    SKIP = ('script', 'style', 'title')
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.sections, self.skip, self.out_depth, self.div_depth, self.head = [], 0, None, 0, None
@@ -243,6 +243,7 @@ def render_html(out_dir: Path, execute: bool = False):
     for i, ch in enumerate(chs):
         pnb = prepare(loaded[ch['stem']])
         body, _ = exporter.from_notebook_node(pnb, resources={'metadata': {'name': f'{full_title(ch)} – minionerec'}})
+        sections += [dict(p=i, **s) for s in page_sections(body)]          # the page's own text, before the sidebar is added
         head = ERROR_HOOK + ('<script src="_static/plotly.min.js"></script>' if pnb.metadata.get('uses_plotly') else '')
         body = re.sub(r'(<head[^>]*>)', lambda m: m.group(1) + head, body, count=1)
         label = f'<div class="chapter-label">{"Chapter " + html.escape(full_title(ch)) if ch["num"] else html.escape(ch["label"])}</div>'
@@ -250,7 +251,6 @@ def render_html(out_dir: Path, execute: bool = False):
         foot = pager_html(chs, i) + '<footer class="site-footer">Math by KaTeX (MIT license: _static/katex/LICENSE).</footer>'
         body = body.replace('</main>', foot + '</main><script src="_static/search.js"></script>', 1)
         pages.append(dict(u=page_name(ch['stem']), t=full_title(ch)))
-        sections += [dict(p=i, **s) for s in page_sections(body)]
         dest = out_dir/page_name(ch['stem']); _write(dest, body); written.append(dest)
     _write(out_dir/'_static'/'search_index.js', 'window.MINIONEREC_SEARCH = ' + json.dumps(dict(pages=pages, sections=sections), separators=(',', ':')) + ';\n')
     return written

@@ -21,12 +21,14 @@
     var q = box.value.trim().toLowerCase(); list.replaceChildren();
     if (q.length < 2) { list.hidden = true; return; }
     var idx = window.MINIONEREC_SEARCH, words = q.split(/\s+/), hits = [];
+    // every word must appear in the section; a word in the section's heading counts most, then in the chapter's
+    // title, then how often it occurs in the text (up to 5 times)
     idx.sections.forEach(function (s) {
-      var t = s.t.toLowerCase(), x = s.x.toLowerCase(), score = 0;
+      var t = s.t.toLowerCase(), x = s.x.toLowerCase(), pt = idx.pages[s.p].t.toLowerCase(), score = 0;
       for (var k = 0; k < words.length; k++) {
-        var w = words[k], inT = t.indexOf(w) >= 0, inX = x.indexOf(w) >= 0;
-        if (!inT && !inX) return;
-        score += (inT ? 10 : 0) + (inX ? 1 : 0);
+        var w = words[k], inT = t.indexOf(w) >= 0, n = x.split(w).length - 1;
+        if (!inT && !n) return;
+        score += (inT ? 10 : 0) + (pt.indexOf(w) >= 0 ? 6 : 0) + Math.min(n, 5);
       }
       hits.push([score, s]);
     });

@@ -15,7 +15,7 @@ import yaml
 __all__ = ['DATA_ENV', 'CACHE_ENV', 'in_test', 'get_logger', 'set_seed', 'TextDecodeError', 'decode_text', 'open_binary',
            'read_text', 'unique_pairs', 'atomic_write', 'write_text', 'write_json', 'read_json', 'atomic_dir',
            'cache_dir', 'find_data_root', 'make_run_dir', 'ConfigError', 'Config', 'progress', 'Timer', 'get_device',
-           'multi_process_cpu', 'save_fig']
+           'multi_process_cpu', 'save_fig', 'packaged_configs_dir', 'resolve_config_file', 'module_main_error']
 
 # %% ../nbs/00_core.ipynb #b9bdce79
 def in_test() -> bool:
@@ -286,7 +286,7 @@ class Config:
         "A validated copy with some fields changed (unknown fields are an error)."
         return type(self).from_dict({**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
 
-# %% ../nbs/00_core.ipynb #8df936d7
+# %% ../nbs/00_core.ipynb #e5d0dc35
 def progress(it=None, total:int|None=None, desc:str|None=None, disable:bool|None=None, **kw):
     "A tqdm progress bar, silent under tests or when `$MINIONEREC_QUIET` is set."
     from tqdm.auto import tqdm
@@ -313,10 +313,46 @@ def multi_process_cpu() -> bool:
     ds = os.environ.get('ACCELERATE_USE_DEEPSPEED', 'false').lower() == 'true'
     return not torch.cuda.is_available() and int(os.environ.get('WORLD_SIZE', '1')) > 1 and not ds
 
-# %% ../nbs/00_core.ipynb #3ab5e5da
+# %% ../nbs/00_core.ipynb #c45a018a
 def save_fig(fig, path, dpi:int=110) -> Path:
     "Write a matplotlib `fig` to `path` atomically (format from the suffix: png, pdf, svg, ...); returns the path."
     path = Path(path)
     fmt = path.suffix.lstrip('.').lower() or 'png'
     with atomic_write(path, 'wb') as f: fig.savefig(f, format=fmt, dpi=dpi)
     return path
+
+# %% ../nbs/00_core.ipynb #97f70b4e
+def packaged_configs_dir() -> Path:
+    "The `configs/` folder shipped with the package: a wheel's `minionerec/configs/`, or the checkout's `configs/` (editable install)."
+    import minionerec
+    here = Path(minionerec.__file__).resolve().parent
+    for p in (here/'configs', here.parent/'configs'):
+        if p.is_dir(): return p
+    raise FileNotFoundError(f'no configs/ folder in {here} or {here.parent}: the package was installed without its configs (reinstall it)')
+
+def resolve_config_file(src):
+    "`src` if it exists or is not a config path, else the packaged file: `configs/paper.yaml` and `paper.yaml` work from any folder."
+    if not isinstance(src, (str, Path)) or not str(src).endswith(('.yaml', '.yml', '.json')): return src
+    p = Path(src).expanduser()
+    if p.exists() or p.parent not in (Path('.'), Path('configs')): return src
+    try: packaged = packaged_configs_dir()/p.name
+    except FileNotFoundError: return src
+    return packaged if packaged.exists() else src
+
+# %% ../nbs/00_core.ipynb #28f16a17
+_COMMANDS = ('minionerec', 'minionerec.__main__', 'minionerec.cli')
+
+def module_main_error(argv=None) -> str|None:
+    "Why `python -m minionerec.X` must not run (X has no command line), else None; `argv` defaults to `sys.orig_argv`."
+    import importlib.util, re
+    argv = list(getattr(sys, 'orig_argv', []) if argv is None else argv)
+    if '-m' not in argv[1:]: return None
+    i = argv.index('-m', 1) + 1
+    mod = argv[i] if i < len(argv) else ''
+    if not mod.startswith('minionerec.') or mod in _COMMANDS: return None
+    spec = importlib.util.find_spec(mod)
+    if spec is None or not spec.origin or not spec.origin.endswith('.py'): return None   # python itself reports it
+    src = Path(spec.origin).read_text(encoding='utf-8')
+    if re.search(r"^if __name__ == .__main__.|^@call_parse", src, re.M): return None
+    return (f'python -m {mod}: {mod} is a library module with no command line; '
+            f'`python -m minionerec --help` (or `minionerec --help`) lists the commands')

@@ -20,7 +20,8 @@ from .amazon import prepare_amazon_files
 from .embed import EmbedConfig, encode_items
 from .rqvae import RQVAEConfig, train_rqvae
 from .rqkmeans import RQKMeansConfig, train_rqkmeans
-from .sid import SIDIndex, build_sid_index, sid_report, save_explorer_html
+from .sid import SIDIndex, build_sid_index, sid_report
+from .sid_explorer import save_explorer_html
 from .rqvae import n_colliding_items
 from .model import ModelConfig, load_backbone, add_sid_tokens, apply_training_mode, save_checkpoint, load_checkpoint, checkpoint_meta
 from .tasks import TaskMixConfig, build_mixture

@@ -1,11 +1,13 @@
-"""SIDIndex, the collision-free builder, the quality report and the SID tree explorer (minionerec.sid)."""
+"""SIDIndex, the collision-free builder, the quality report (minionerec.sid) and the SID explorer (minionerec.sid_explorer)."""
 import json
 from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
 from minionerec.sid import (SIDIndex, CodeTrie, build_sid_index, assign_distinct, parse_sid, sid_token, sid_report,
-                            report_table, sid_tree_nodes, sid_tree_figure, save_explorer_html, sid_explorer)
+                            report_table)
+from minionerec.sid_explorer import (sid_tree_nodes, sid_tree_figure, save_explorer_html, sid_explorer, explorer_data,
+                                     search_items, level_stats, collision_stats)
 
 INDEX = 'Amazon/index/Industrial_and_Scientific.index.json'
 ITEMS = 'Amazon/index/Industrial_and_Scientific.item.json'
@@ -194,29 +196,46 @@ def test_tree_figure_bounded_and_html(tmp_path):
         if pid: assert grp['count'].sum() == nodes.set_index('id').loc[pid, 'count']
     fig = sid_tree_figure(idx, items, max_children=5, kind='treemap')
     assert fig.data[0].type == 'treemap'
-    p = save_explorer_html(idx, items, tmp_path / 'x' / 'explorer.html', max_children=5)
+    p = save_explorer_html(idx, items, tmp_path / 'x' / 'explorer.html', raw_codes=codes)
     txt = p.read_text()
-    assert '<html>' in txt[:100] and len(txt) > 1_000_000 and 'src="https://cdn.plot.ly' not in txt
+    assert txt.startswith('<!DOCTYPE html>') and '<script src' not in txt and 'cdn.' not in txt   # one offline file
+    assert '"colliding_items_before":' in txt and idx.sid(0).replace('<', '\\u003c') not in txt     # codes travel as numbers
 
 
 def test_explorer_widget_driven_programmatically():
     codes = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 2, 3]])
     idx = SIDIndex(codes, (2, 3, 4))
     items = _items(5)
-    ex = sid_explorer(idx, items, max_rows=10)
-    assert [o[1] for o in ex.dropdowns[0].options] == [None, 0, 1]
-    ex.dropdowns[0].value = 0
-    assert ex.prefix == (0,) and ex.listed_items() == [0, 1, 2]
-    assert [o[1] for o in ex.dropdowns[1].options] == [None, 0, 1]
-    ex.dropdowns[1].value = 0
-    assert ex.listed_items() == [0, 1] and 'thing 1 kind 1' in ex.table.value and '&lt;a_0&gt;&lt;b_0&gt;&lt;c_1&gt;' in ex.table.value
-    ex.dropdowns[0].value = 1                                            # switching level a resets level b
-    assert ex.prefix == (1,) and ex.dropdowns[1].value is None and ex.listed_items() == [3, 4]
-    ex.select(1, 2, 3)
-    assert ex.listed_items() == [4] and ex._root() == '<a_1><b_2><c_3>'
+    ex = sid_explorer(idx, items)
+    assert ex.prefix == [] and ex.item == -1 and ex.listed_items() == [0, 1, 2, 3, 4]
+    ex.select(0)
+    assert ex.listed_items() == [0, 1, 2]
+    ex.select(0, 0)
+    assert ex.listed_items() == [0, 1]
+    ex.show(4)                                                           # an item: its parent prefix, the item marked
+    assert (ex.prefix, ex.item, ex.listed_items()) == ([1, 2], 4, [4])
+    assert ex.search('thing 1 kind 1') == [1] and ex.query == 'thing 1 kind 1'
+    with pytest.raises(KeyError, match='<a_1><b_1>'): ex.select(1, 1)
+    with pytest.raises(IndexError): ex.show(9)
     ex.select()
-    assert ex.prefix == () and ex.listed_items() == [0, 1, 2, 3, 4]
-    assert ex.widget is not None and ex._repr_mimebundle_() is not None
+    assert ex.prefix == [] and ex.item == -1
+    bundle = ex._repr_mimebundle_()
+    assert 'application/vnd.jupyter.widget-view+json' in bundle and 'sidExplorerStatic' in bundle['text/html']
+
+
+def test_explorer_data_and_search():
+    codes = np.array([[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [1, 2, 3]])
+    idx = build_sid_index(np.array([[0, 0, 0], [0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 2, 3]]), codebook_sizes=(2, 3, 4))
+    d = explorer_data(idx, _items(5), raw_codes=np.array([[0, 0, 0], [0, 0, 0], [0, 1, 0], [1, 0, 0], [1, 2, 3]]))
+    assert d['collisions'] == dict(colliding_items_before=1, moved=1, extended=0, overflow_prefixes=0, colliding_items_after=0)
+    assert d['moved'] == idx.build_info['moved'] and d['codes'][4] == [1, 2, 3]
+    assert set(d['reps']) == {'', '0', '0,0', '1'}                      # prefixes with more than one item
+    assert search_items(d, '3') == [3] and search_items(d, 'kind 1') == [1]
+    assert search_items(d, '<a_1>') == [3, 4] and search_items(d, '<a_1><b_2><c_3>') == [4] and search_items(d, '') == []
+    st = level_stats(SIDIndex(codes, (2, 3, 4)))
+    assert st.nodes.tolist() == [2, 4, 5] and st.codes_used.tolist() == [2, 3, 3] and st.children_per_parent_max.tolist() == [2, 2, 2]
+    assert collision_stats(SIDIndex(codes))['colliding_items_before'] is None
+    with pytest.raises(ValueError, match='raw_codes has 2 rows'): collision_stats(idx, codes[:2])
 
 
 # --- real data ---------------------------------------------------------------------------------------------------
@@ -243,6 +262,6 @@ def test_published_codes_resolved(amazon_root):
     assert (r['published']['colliding_items'], r['ours']['colliding_items']) == (16, 0)
     # published prefixes group items: same first+second code -> same brand far more often than random pairs
     assert r['published']['semantic']['same_ab']['same_brand'] > 10 * r['published']['semantic']['random']['same_brand']
-    ex = sid_explorer(pub, items, max_rows=5, figure=False)
-    ex.select(*pub.code(0)[:2])
-    assert 0 in ex.listed_items() or pub.prefix_trie().count(pub.code(0)[:2]) > 5
+    ex = sid_explorer(fixed, items, raw_codes=pub.codes)
+    ex.show(0)
+    assert 0 in ex.listed_items() and ex.data['collisions']['colliding_items_before'] == 16

@@ -5,7 +5,8 @@
     python tools/execute_notebooks.py nbs/04_sid.ipynb --slow
 
 Progress bars are off (MINIONEREC_QUIET), plotly figures are stored as their JSON mime bundle only (the docs
-renderer turns them into HTML that loads plotly.js once per page). Run `nbdev_clean` afterwards.
+renderer turns them into HTML that loads plotly.js once per page), widgets by their HTML fallback (their state needs
+a kernel). Run `nbdev_clean` afterwards.
 """
 import argparse, os, re, sys, time
 from pathlib import Path
@@ -24,9 +25,12 @@ class SkipSlow(ExecutePreprocessor):
 
 def execute(path: Path, slow: bool = False, timeout: int = 600):
     nb = nbformat.read(path, as_version=4)
-    ep = SkipSlow(timeout=timeout, kernel_name='python3'); ep.run_slow = slow
+    ep = SkipSlow(timeout=timeout, kernel_name='python3', store_widget_state=False); ep.run_slow = slow
     t = time.time()
     ep.preprocess(nb, {'metadata': {'path': str(path.parent)}})
+    for c in nb.cells:               # a widget's view needs its kernel: keep its HTML fallback (or text) in the stored output
+        for o in c.get('outputs', []): o.get('data', {}).pop('application/vnd.jupyter.widget-view+json', None)
+    nb.metadata.pop('widgets', None)
     tmp = path.with_suffix('.ipynb.tmp'); nbformat.write(nb, tmp); os.replace(tmp, path)
     return time.time() - t
 

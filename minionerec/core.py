@@ -327,7 +327,7 @@ def read_yaml(path) -> Any:
     "A YAML file as Python objects; every error names the file: missing, a folder, not UTF-8 (with the byte offset), invalid YAML (line, column)."
     return parse_yaml(read_text(path), path)
 
-# %% ../nbs/00_core.ipynb #28201c01
+# %% ../nbs/00_core.ipynb #63328096
 @dataclass
 class Config:
     "Base class of every stage config: strict `from_dict`/`from_yaml`, `to_dict`/`to_yaml`, `tiny()`/`paper()`."
@@ -344,6 +344,10 @@ class Config:
 
     def validate(self):
         "Cross-field checks; raise `ConfigError` naming the fields."
+
+    def check_fields(self, **bounds):
+        "`check_fields(self, **bounds)` for `validate()`: `self.check_fields(lr='>0', epochs='>=1', dropout='[0,1)')`."
+        check_fields(self, **bounds)
 
     def to_dict(self) -> dict:
         "Plain python types only (Paths become strings, tuples lists), ready for YAML/JSON."

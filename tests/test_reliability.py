@@ -108,3 +108,121 @@ def test_disk_full_names_the_file_and_keeps_nothing(tmp_path, monkeypatch):
     assert read_json(tmp_path/'metrics.json') == {'ndcg': 0.1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ['last', 'metrics.json']
     assert [p.read_bytes() for p in (tmp_path/'last').iterdir()] == [b'old']
+
+# ---------------------------------------------------------------- the run directory: owned folders, owned files, one run at a time
+
+def _prepare(run, *extra, cwd=None):
+    return cli('prepare', '--config', 'tiny', '--run-dir', str(run), *extra, cwd=cwd, timeout=300)
+
+def test_force_never_deletes_a_folder_the_pipeline_did_not_write(tmp_path):
+    run = tmp_path/'run'; (run/'prepare').mkdir(parents=True); (run/'prepare'/'notes.txt').write_text('my notes\n')
+    for extra in (('--force',), ()):
+        r = _prepare(run, *extra)
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert r.stderr.strip() == (f'minionerec: error: {run}/prepare: this folder was not written by minionerec (it has no STARTED.json '
+                                    'or DONE.json), so it is neither cleared nor written into: move it away or use another --run-dir'), r.stderr
+        assert (run/'prepare'/'notes.txt').read_text() == 'my notes\n' and sorted(os.listdir(run/'prepare')) == ['notes.txt']
+    r = _prepare(run.parent/'fresh')                     # the pipeline's own folder is cleared by --force (and only it)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run.parent/'fresh'/'prepare'/'extra.txt').write_text('x')
+    r = _prepare(run.parent/'fresh', '--force')
+    assert r.returncode == 0 and 'prepare: clearing' in r.stderr and not (run.parent/'fresh'/'prepare'/'extra.txt').exists(), r.stderr[-2000:]
+
+def test_the_users_config_file_is_never_overwritten(tmp_path):
+    user = '# my run\npreset: tiny\nstages: [prepare]\n'
+    (tmp_path/'config.yaml').write_text(user)
+    r = cli('pipeline', '--config', 'config.yaml', '--run-dir', '.', cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path/'config.yaml').read_text() == user
+    resolved = (tmp_path/'resolved_config.yaml').read_text()
+    assert resolved.startswith('# written by minionerec') and 'stages:\n- prepare\n' in resolved
+    (tmp_path/'resolved_config.yaml').write_text('# mine now\n')          # a file of that name the pipeline did not write
+    r = cli('pipeline', '--config', 'config.yaml', '--run-dir', '.', cwd=tmp_path, timeout=300)
+    assert r.returncode == 2 and (tmp_path/'resolved_config.yaml').read_text() == '# mine now\n'
+    assert 'resolved_config.yaml: this file was not written by minionerec' in r.stderr, r.stderr[-2000:]
+
+HOLD = ('import sys, time; from minionerec.core import run_lock\n'
+        'with run_lock(sys.argv[1]): print("held", flush=True); time.sleep(float(sys.argv[2]))')
+
+def test_a_second_run_on_the_same_run_dir_fails_at_once_or_waits(tmp_path):
+    import socket
+    run = tmp_path/'run'
+    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(run), '8'], stdout=subprocess.PIPE, text=True, env=ENV)
+    try:
+        assert holder.stdout.readline().strip() == 'held'
+        t0 = time.time(); r = _prepare(run)
+        assert r.returncode == 2 and not (run/'prepare').exists(), r.stderr[-2000:]
+        assert f'{run} is in use by another minionerec run (pid {holder.pid} on {socket.gethostname()}, started ' in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        r = _prepare(run, '--wait')                      # queues behind the holder, then runs
+        assert r.returncode == 0 and 'waiting for it to finish' in r.stderr, r.stderr[-2000:]
+        assert holder.poll() is not None and (run/'prepare'/'DONE.json').exists()
+    finally: holder.kill(); holder.wait()
+
+def test_a_stale_lock_is_taken_over(tmp_path):
+    import socket
+    run = tmp_path/'run'; run.mkdir()
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True).stdout.strip()
+    (run/'.minionerec.lock').write_text(json.dumps({'pid': int(dead), 'host': socket.gethostname(), 'started': '2020-01-01 00:00:00'}))
+    r = _prepare(run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f'taking over the lock left by pid {dead} on {socket.gethostname()}, started 2020-01-01 00:00:00 (that process is gone)' in r.stderr
+    assert not (run/'.minionerec.lock').exists()
+
+def test_a_stage_cleans_leftovers_of_killed_writes(tmp_path):
+    run = tmp_path/'run'
+    assert _prepare(run).returncode == 0
+    left = [run/'prepare'/'.data.k3j4h5g6.tmp', run/'prepare'/'.data.old.999999', run/'prepare'/'.dataset_report.json.a1b2c3d4.tmp']
+    left[0].mkdir(); (left[0]/'train.csv').write_text('half'); left[1].mkdir(); left[2].write_text('{"half')
+    r = _prepare(run)                                     # complete: skipped, but its leftovers go
+    assert r.returncode == 0 and 'prepare: complete, skipped' in r.stderr, r.stderr[-2000:]
+    assert not any(p.exists() for p in left) and r.stderr.count('leftover of an interrupted write') == 3
+
+# ---------------------------------------------------------------- the CLI: one line per user error, --debug, Ctrl-C
+
+@pytest.mark.parametrize('name,content,message', [
+    ('tabs.yaml', 'preset: tiny\nsft:\n\tlr: 1\n', "tabs.yaml: invalid YAML at line 3, column 1: while scanning for the next token; found character '\\t' that cannot start any token (YAML indents with spaces, not tabs)"),
+    ('broken.yaml', 'preset: tiny\neval: {ks: [1, 3}\n', 'broken.yaml: invalid YAML at line 2'),
+    ('latin.yaml', '# caf\xe9\npreset: tiny\n'.encode('latin-1'), 'latin.yaml: not UTF-8 text at byte offset 5 (byte 0xe9)'),
+    ('folder', None, 'folder: is a folder, expected a file'),
+    ('list.yaml', '- preset: tiny\n', 'list.yaml: expected a mapping at the top level'),
+])
+def test_config_file_errors_name_the_file(tmp_path, capsys, name, content, message):
+    from minionerec.cli import main
+    p = tmp_path/name
+    if content is None: p.mkdir()
+    elif isinstance(content, bytes): p.write_bytes(content)
+    else: p.write_text(content)
+    assert main(['config', '--config', str(p)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'minionerec: error: {tmp_path}/{message}') and err.count('\n') == 1, err
+
+def test_os_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    (tmp_path/'file').write_text('x')
+    r = _prepare(tmp_path/'file'/'run')                  # the run directory cannot be made under a file
+    assert r.returncode == 2 and r.stderr.startswith('minionerec: error: ') and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f'{tmp_path}/file' in r.stderr
+    r = _prepare(tmp_path/'file'/'run', '--debug')
+    assert r.returncode == 2 and 'Traceback (most recent call last)' in r.stderr and r.stderr.strip().splitlines()[-1].startswith('minionerec: error: ')
+
+def test_an_internal_error_is_one_line_pointing_at_debug(tmp_path):
+    pre = 'import minionerec.pipeline as P\ndef boom(*a, **k): raise KeyError("surprise")\nP.STAGE["prepare"].run = boom'
+    r = cli('prepare', '--config', 'tiny', '--run-dir', str(tmp_path/'run'), pre=pre, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == "minionerec: internal error: KeyError: 'surprise' (a bug: rerun with --debug for the traceback and report it)", r.stderr
+    assert 'Traceback' not in r.stderr
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    code = 'import sys; from minionerec.cli import main; sys.exit(main())'
+    p = subprocess.Popen([sys.executable, '-c', code, 'pipeline', '--config', 'tiny', '--run-dir', str(tmp_path/'run')],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, 'PYTHONUNBUFFERED': '1'})
+    lines = []
+    for line in p.stderr:                                 # interrupt in the middle of a stage
+        lines.append(line)
+        if 'embed: running' in line: break
+    time.sleep(0.5); p.send_signal(signal.SIGINT)
+    rest = p.stderr.read(); rc = p.wait(timeout=120)
+    assert rc == 130, ''.join(lines) + rest
+    assert 'Traceback' not in rest and rest.strip().splitlines()[-1].startswith('minionerec: interrupted'), rest
+    assert not (tmp_path/'run'/'.minionerec.lock').exists()     # the lock is released

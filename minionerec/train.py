@@ -15,8 +15,9 @@ from .core import ConfigError, multi_process_cpu, get_logger, write_json, read_j
 # %% auto #0
 __all__ = ['Schedule', 'TRAINER_STATE', 'OPTIMIZER_STATE', 'LEGACY_STATE', 'batch_plan', 'lr_multiplier', 'make_scheduler',
            'deepspeed_requested', 'precision_plan', 'use_master_weights', 'fill_deepspeed_config', 'build_accelerator',
-           'count_updates', 'updates_applied', 'KeepBest', 'CSVLog', 'rng_state', 'set_rng_state', 'save_trainer_state',
-           'has_trainer_state', 'load_trainer_state']
+           'count_updates', 'updates_applied', 'KeepBest', 'DivergenceError', 'check_finite_loss',
+           'check_finite_weights', 'CSVLog', 'rng_state', 'set_rng_state', 'save_trainer_state', 'has_trainer_state',
+           'load_trainer_state']
 
 # %% ../nbs/06a_train.ipynb #941c9ef1
 def _divisors(n:int) -> list[int]: return [d for d in range(1, n + 1) if n % d == 0]
@@ -145,6 +146,29 @@ class KeepBest:
     def stop(self) -> bool: return bool(self.patience) and self.bad >= self.patience
     def state_dict(self) -> dict: return {'best': self.best, 'best_step': self.best_step, 'bad': self.bad}
     def load_state_dict(self, d:dict): self.best, self.best_step, self.bad = d['best'], d['best_step'], int(d['bad'])
+
+# %% ../nbs/06a_train.ipynb #94236c53
+class DivergenceError(ValueError):
+    "Training produced a non-finite loss; the message names the stage, the step and the learning rate."
+
+def check_finite_loss(value:float, step:int, stage:str, lr:float|None=None, hint:str='') -> float:
+    "`value` if finite, else a `DivergenceError` naming `stage`, `step` and `lr` (raise it before the weights are saved)."
+    value = float(value)
+    if math.isfinite(value): return value
+    at_lr = f' (learning rate {lr:.3g})' if lr is not None and math.isfinite(lr) else ''
+    raise DivergenceError(f'{stage}: the training loss is {value} at step {step}{at_lr}: the weights diverged, so training stopped '
+                          f'before saving them{"; " + hint if hint else ""}')
+
+def check_finite_weights(model, step:int, stage:str, lr:float|None=None, hint:str='') -> None:
+    "A `DivergenceError` naming `stage`, `step`, `lr` and the first parameter when a trainable weight of `model` is NaN or inf (one device sync)."
+    ps = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not ps: return
+    bad = [n for (n, _), b in zip(ps, torch.stack([(~torch.isfinite(p.detach())).any() for _, p in ps]).tolist()) if b]
+    if not bad: return
+    at_lr = f' (learning rate {lr:.3g})' if lr is not None and math.isfinite(lr) else ''
+    more = f' and {len(bad) - 1} more' if len(bad) > 1 else ''
+    raise DivergenceError(f'{stage}: the weights hold NaN or inf after the update of step {step}{at_lr} ({bad[0]}{more}): the weights diverged, '
+                          f'so training stopped before saving them{"; " + hint if hint else ""}')
 
 # %% ../nbs/06a_train.ipynb #3615fb71
 class CSVLog:

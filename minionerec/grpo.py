@@ -24,7 +24,7 @@ __all__ = ['RL_TASKS', 'GRPOConfig', 'process_plan', 'group_advantages', 'comple
            'grpo_loss', 'Rollout', 'generate_rollouts', 'rl_examples', 'sid_completions', 'build_batch',
            'RecGRPOTrainer', 'GRPOResult', 'train_grpo', 'plot_grpo_history', 'rollout_rewards']
 
-# %% ../nbs/12_grpo.ipynb #7d6124cb
+# %% ../nbs/12_grpo.ipynb #dc2a10bf
 @dataclass
 class GRPOConfig(Config):
     "GRPO on constrained-beam groups (see the chapter for what each option does)."
@@ -69,6 +69,8 @@ class GRPOConfig(Config):
         if self.max_steps is not None and self.max_steps < 1: raise ConfigError(f'GRPOConfig.max_steps must be >= 1 or None, got {self.max_steps}')
         if not 0 <= self.clip_eps < 1: raise ConfigError(f'GRPOConfig.clip_eps must be in [0, 1), got {self.clip_eps}')
         if self.beta < 0: raise ConfigError(f'GRPOConfig.beta must be >= 0, got {self.beta}')
+        self.check_fields(lr='>0', weight_decay='>=0', warmup_ratio='[0,1)', max_grad_norm='>=0', clip_eps_high='>=0', adv_eps='>0',
+                          eval_every='>=0', eval_max_users='>=1', max_minutes='>0', seed='>=0')
         if not self.tasks: raise ConfigError('GRPOConfig.tasks must name at least one task')
         bad = [t for t in self.tasks if t not in RL_TASKS]
         if bad: raise ConfigError(f'GRPOConfig.tasks: unknown task {bad[0]!r}; known: {", ".join(RL_TASKS)}')

@@ -70,7 +70,7 @@ def left_pad(seqs:list, pad_id:int) -> tuple[torch.Tensor, torch.Tensor]:
         if len(s): ids[i, P - len(s):] = torch.tensor(list(s)); mask[i, P - len(s):] = 1
     return ids, mask
 
-# %% ../nbs/06_model.ipynb #15bcae40
+# %% ../nbs/06_model.ipynb #d92bfb69
 @dataclass
 class ModelConfig(Config):
     "Backbone, vocabulary extension and training mode of the LM."
@@ -100,7 +100,8 @@ class ModelConfig(Config):
             if self.num_heads % self.num_kv_heads: raise ConfigError(f'ModelConfig.num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})')
             if (self.hidden_size // self.num_heads) % 2: raise ConfigError(f'ModelConfig: head dim {self.hidden_size // self.num_heads} must be even (RoPE)')
             if self.vocab_size < 260: raise ConfigError(f'ModelConfig.vocab_size must be >= 260 (256 bytes + special tokens), got {self.vocab_size}')
-        if self.lora_r < 1: raise ConfigError(f'ModelConfig.lora_r must be >= 1, got {self.lora_r}')
+        self.check_fields(hidden_size='>=1', num_layers='>=1', num_heads='>=1', num_kv_heads='>=1', intermediate_size='>=1', max_positions='>=1',
+                          vocab_size='>=1', lora_r='>=1', lora_alpha='>0', lora_dropout='[0,1)', seed='>=0')
 
     @classmethod
     def tiny(cls):

@@ -29,7 +29,7 @@ __all__ = ['IGNORE', 'HISTORY_COLUMNS', 'SCORE_COLUMNS', 'SFTConfig', 'tokenize_
            'load_weights', 'plot_losses', 'SFTResult', 'sft_loss', 'train_sft', 'scaling_sizes', 'scaling_curves',
            'plot_scaling']
 
-# %% ../nbs/07_sft.ipynb #2980f81c
+# %% ../nbs/07_sft.ipynb #3e7d065d
 @dataclass
 class SFTConfig(Config):
     "Supervised fine-tuning of a causal LM on prompt -> target examples (the SID-alignment mixture)."
@@ -65,6 +65,7 @@ class SFTConfig(Config):
         for k in ('max_steps', 'patience', 'eval_every', 'save_every', 'eval_batch_size'):
             if getattr(self, k) < 0: raise ConfigError(f'SFTConfig.{k} must be >= 0, got {getattr(self, k)}')
         if self.lr <= 0: raise ConfigError(f'SFTConfig.lr must be > 0, got {self.lr}')
+        self.check_fields(weight_decay='>=0', betas='[0,1)', max_grad_norm='>=0', min_delta='>=0', seed='>=0')
         if not 0 <= self.warmup_ratio < 1: raise ConfigError(f'SFTConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}')
         if not 0 <= self.min_lr_ratio <= 1: raise ConfigError(f'SFTConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}')
         if self.global_batch_size % self.micro_batch_size:

@@ -141,22 +141,30 @@ def test_the_users_config_file_is_never_overwritten(tmp_path):
     assert r.returncode == 2 and (tmp_path/'resolved_config.yaml').read_text() == '# mine now\n'
     assert 'resolved_config.yaml: this file was not written by minionerec' in r.stderr, r.stderr[-2000:]
 
-HOLD = ('import sys, time; from minionerec.core import run_lock\n'
-        'with run_lock(sys.argv[1]): print("held", flush=True); time.sleep(float(sys.argv[2]))')
+HOLD = ('import sys, time; from pathlib import Path; from minionerec.rundir import run_lock\n'
+        'with run_lock(sys.argv[1]):\n    print("held", flush=True)\n    while not Path(sys.argv[2]).exists(): time.sleep(0.1)')
 
 def test_a_second_run_on_the_same_run_dir_fails_at_once_or_waits(tmp_path):
     import socket
-    run = tmp_path/'run'
-    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(run), '8'], stdout=subprocess.PIPE, text=True, env=ENV)
+    run, release = tmp_path/'run', tmp_path/'release'
+    holder = subprocess.Popen([sys.executable, '-c', HOLD, str(run), str(release)], stdout=subprocess.PIPE, text=True, env=ENV)
     try:
         assert holder.stdout.readline().strip() == 'held'
-        t0 = time.time(); r = _prepare(run)
+        r = _prepare(run)
         assert r.returncode == 2 and not (run/'prepare').exists(), r.stderr[-2000:]
-        assert f'{run} is in use by another minionerec run (pid {holder.pid} on {socket.gethostname()}, started ' in r.stderr
-        assert len(r.stderr.strip().splitlines()) == 1
-        r = _prepare(run, '--wait')                      # queues behind the holder, then runs
-        assert r.returncode == 0 and 'waiting for it to finish' in r.stderr, r.stderr[-2000:]
-        assert holder.poll() is not None and (run/'prepare'/'DONE.json').exists()
+        line = r.stderr.strip()
+        assert '\n' not in line and line.startswith(f'minionerec: error: {run} is in use by another minionerec run (pid {holder.pid} on '
+                                                  f'{socket.gethostname()}, started 20'), line
+        assert line.endswith('; wait for it to finish, pass --wait to start when it does, or use another --run-dir'), line
+        code = 'import sys; from minionerec.cli import main; sys.exit(main())'
+        waiter = subprocess.Popen([sys.executable, '-c', code, 'prepare', '--config', 'tiny', '--run-dir', str(run), '--wait'],
+                                  stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV)
+        first = waiter.stderr.readline()                 # it queues behind the holder ...
+        assert 'is in use (pid' in first and 'waiting for it to finish' in first, first
+        assert not (run/'prepare').exists()
+        release.touch()                                  # ... and runs once the holder is done
+        out, err = waiter.communicate(timeout=300)
+        assert waiter.returncode == 0 and (run/'prepare'/'DONE.json').exists(), err[-2000:]
     finally: holder.kill(); holder.wait()
 
 def test_a_stale_lock_is_taken_over(tmp_path):

@@ -238,3 +238,70 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     last = rest.strip().splitlines()[-1]
     assert 'Traceback' not in rest.split('KeyboardInterrupt')[-1] and last.startswith('minionerec: interrupted'), rest
     assert not (tmp_path/'run'/'.minionerec.lock').exists() or 'again' in last   # released (a second Ctrl-C leaves it to the next run)
+
+# ---------------------------------------------------------------- divergence stops training; no progress is said loudly
+
+class _Lines(list):
+    "Collect the project's log lines (its logger does not propagate to pytest's caplog)."
+    def __enter__(self):
+        import logging
+        self.h = logging.Handler(); self.h.emit = lambda r: self.append(r.getMessage())
+        logging.getLogger('minionerec').addHandler(self.h); return self
+    def __exit__(self, *a):
+        import logging; logging.getLogger('minionerec').removeHandler(self.h)
+
+@pytest.fixture(scope='module')
+def toy_sft():
+    import torch
+    from minionerec.sft import toy_examples
+    torch.set_num_threads(1)
+    ex, index, titles = toy_examples(24)
+    return ex, index, [e['prompt'] for e in ex] + titles
+
+def _sft(toy_sft, out, lr):
+    from minionerec.sft import SFTConfig, toy_backbone, train_sft
+    ex, index, texts = toy_sft
+    model, tok, _ = toy_backbone(index, texts, seed=0)
+    cfg = SFTConfig.tiny().replace(lr=lr, epochs=3, patience=0, global_batch_size=8, micro_batch_size=4, save_every=1)
+    return train_sft(cfg, model, tok, ex, ex, out_dir=out)
+
+def test_sft_divergence_stops_naming_the_step(toy_sft, tmp_path):
+    import torch
+    from minionerec.train import DivergenceError
+    from minionerec.sft import load_weights, toy_backbone
+    with pytest.raises(DivergenceError, match=r'sft: the training loss is nan at step 2 \(learning rate 1e\+30\): the weights diverged, '
+                                              r'so training stopped before saving them; lower sft.lr'):
+        _sft(toy_sft, tmp_path, lr=1e30)
+    model = toy_backbone(toy_sft[1], toy_sft[2], seed=0)[0]
+    load_weights(model, tmp_path/'last')                 # what was saved holds finite weights
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+def test_sft_that_never_beats_its_start_says_so(toy_sft, tmp_path):
+    with _Lines() as lines: res = _sft(toy_sft, tmp_path, lr=5.0)
+    assert res.best_step == 0 and res.steps == 9
+    assert any(l.startswith('SFT NEVER BEAT ITS STARTING POINT') for l in lines), lines
+    from minionerec.pipeline import RunContext, stage_report, preset
+    from minionerec.core import write_json
+    run = tmp_path/'run'
+    write_json(run/'sft'/'DONE.json', {'stage': 'sft', 'seconds': 1.0, 'metrics': {'steps': 9, 'best_step': 0, 'monitor': 'rec'}})
+    stage_report(RunContext(preset('tiny').replace(run_dir=str(run))), run/'report')
+    assert '**Warning: SFT never beat its starting point.** The best validation rec is the untrained model' in (run/'report'/'report.md').read_text()
+
+@pytest.fixture(scope='module')
+def rl_world(tmp_path_factory):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from dist_runs import grpo_world
+    return grpo_world(tmp_path_factory.mktemp('rl'))
+
+def test_grpo_divergence_stops_naming_the_step(rl_world, tmp_path):
+    from dist_runs import grpo_run
+    from minionerec.train import DivergenceError
+    with pytest.raises(DivergenceError, match=r'rl: at step 2 the policy scores every candidate of a prompt as -inf or NaN .*lower rl.lr'):
+        grpo_run(rl_world, tmp_path, lr=1e30, max_steps=3)
+    assert not (tmp_path/'checkpoint').exists()
+
+def test_grpo_that_never_beats_sft_says_so(rl_world, tmp_path):
+    from dist_runs import grpo_run
+    with _Lines() as lines: res = grpo_run(rl_world, tmp_path, lr=1e-12, keep_best=True, eval_every=1)
+    assert res.best_step == 0
+    assert any(l.startswith('GRPO NEVER BEAT ITS STARTING POINT') for l in lines), lines

@@ -63,7 +63,7 @@ def _check_codes(codes, codebook_sizes=None) -> tuple[np.ndarray, tuple[int, ...
     codes.setflags(write=False)
     return codes, sizes
 
-# %% ../nbs/04_sid.ipynb #562ace5f
+# %% ../nbs/04_sid.ipynb #1c93dd8e
 class SIDIndex:
     "Item id <-> code tuple <-> SID tokens, for `codes` (N, L) ints (`-1` only as trailing padding)."
     def __init__(self, codes, codebook_sizes=None):
@@ -85,7 +85,7 @@ class SIDIndex:
     __hash__ = None
     def __repr__(self):
         return (f'SIDIndex(n_items={self.n_items}, n_levels={self.n_levels}, codebook_sizes={self.codebook_sizes}, '
-                f'unique_sids={len(self._table())})')
+                f'unique_sids={len(np.unique(self.codes, axis=0))})')
 
     def _check(self, i):
         if not -self.n_items <= int(i) < self.n_items: raise IndexError(f'item {i} out of range for {self.n_items} items')

@@ -214,7 +214,7 @@ def mlp(dims, dropout:float=0.0) -> nn.Sequential:
             if dropout > 0: layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
-# %% ../nbs/03_rqvae.ipynb #e061332e
+# %% ../nbs/03_rqvae.ipynb #86cf798e
 class RQVAEOutput(NamedTuple):
     recon: torch.Tensor      # (B, in_dim) reconstruction of `target`
     target: torch.Tensor     # (B, in_dim) the standardised input
@@ -254,12 +254,13 @@ class RQVAE(nn.Module):
         o = self.rq(z)
         return RQVAEOutput(self.decoder(o.zq), xs, z, o.codes, o.loss, o.residuals)
 
-    def losses(self, x:torch.Tensor, out:RQVAEOutput, quant_weight:float=1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        "(total, reconstruction MSE in standardised units)."
-        recon = F.mse_loss(out.recon, out.target)
-        return recon + quant_weight * out.quant_loss, recon
+# %% ../nbs/03_rqvae.ipynb #1ebd4bcb
+@patch
+def losses(self:RQVAE, x:torch.Tensor, out:RQVAEOutput, quant_weight:float=1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    "(total, reconstruction MSE in standardised units)."
+    recon = F.mse_loss(out.recon, out.target)
+    return recon + quant_weight * out.quant_loss, recon
 
-# %% ../nbs/03_rqvae.ipynb #2fcbb88c
 @patch
 @torch.no_grad()
 def encode(self:RQVAE, x:torch.Tensor, batch_size:int=65536) -> tuple[torch.Tensor, torch.Tensor]:

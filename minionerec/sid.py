@@ -266,7 +266,7 @@ def _prefix_trie(self) -> CodeTrie:
     return CodeTrie(self)
 SIDIndex.prefix_trie = _prefix_trie
 
-# %% ../nbs/04_sid.ipynb #06a15b39
+# %% ../nbs/04_sid.ipynb #ff95dd74
 def _sinkhorn_assign(cost:np.ndarray, eps:float=0.01, n_iter:int=2000, tol:float=1e-4) -> np.ndarray:
     "Near min-cost assignment of rows to distinct columns (m <= s) by entropic OT, greedy rounding, nearest-free fix-up."
     m, s = cost.shape
@@ -290,6 +290,7 @@ def _sinkhorn_assign(cost:np.ndarray, eps:float=0.01, n_iter:int=2000, tol:float
         out[r], free_col[col] = col, False
     return out
 
+# %% ../nbs/04_sid.ipynb #19f5d3bc
 def _nearest_assign(cost:np.ndarray) -> np.ndarray:
     "Greedy: rows in order of their best cost take their cheapest free column."
     m, s = cost.shape; out, free = np.full(m, -1), np.ones(s, bool)

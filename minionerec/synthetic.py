@@ -14,7 +14,7 @@ from .protocol import month_range, make_samples, chronological_split
 # %% auto #0
 __all__ = ['SyntheticConfig', 'make_synthetic']
 
-# %% ../nbs/01b_synthetic.ipynb #fc3dedc9
+# %% ../nbs/01b_synthetic.ipynb #5922e674
 _TAXONOMY = {
     'Lab Supplies': ['Pipette Tips', 'Beakers', 'Petri Dishes', 'Test Tubes', 'Centrifuge Tubes', 'Lab Gloves'],
     'Fasteners': ['Hex Bolts', 'Wood Screws', 'Washers', 'Rivets', 'Wall Anchors', 'Hinges'],
@@ -36,6 +36,7 @@ _FEAT = ['Built to last in daily shop use.', 'Tested for consistent quality batc
          'Corrosion resistant finish.', 'Ergonomic design reduces fatigue.']
 _SYL = ['kor', 'vex', 'tal', 'mir', 'dun', 'zen', 'bra', 'lo', 'quin', 'sta', 'rex', 'nel', 'ar', 'tor', 'vi', 'ka', 'pol', 'sen', 'gri', 'mo']
 
+# %% ../nbs/01b_synthetic.ipynb #41d72e28
 @dataclass
 class SyntheticConfig(Config):
     "A deterministic synthetic catalogue and user histories (see `make_synthetic`)."
@@ -111,7 +112,7 @@ def _synthetic_catalogue(cfg:SyntheticConfig, rng:np.random.Generator):
     items = make_items(titles, descs, brands, cats)
     return items, leaf_of, companion, top_leaves
 
-# %% ../nbs/01b_synthetic.ipynb #665e0314
+# %% ../nbs/01b_synthetic.ipynb #370b0f50
 def _item_picker(rng, leaf_of:np.ndarray, zipf:float):
     "`pick(leaf, recent)`: a Zipf-popular item of `leaf` that is not in `recent` (repeats come from `p_repeat` only)."
     leaf_items = [np.flatnonzero(leaf_of == l) for l in range(leaf_of.max() + 1)]
@@ -125,6 +126,7 @@ def _item_picker(rng, leaf_of:np.ndarray, zipf:float):
         return i
     return pick
 
+# %% ../nbs/01b_synthetic.ipynb #77c6b2a9
 def _user_events(cfg:SyntheticConfig, rng, pick, leaf_of, companion, top_leaves, top_of_leaf, lo:int, hi:int) -> list[tuple[int, int]]:
     "One user's `(item, unix seconds)` events: a preference over top categories, then repeats, companions, stays and drifts."
     pref = rng.dirichlet(np.full(len(top_leaves), cfg.alpha))

@@ -86,7 +86,7 @@ class RecData:
                 and self.sids == other.sids)
     def __repr__(self): return f'RecData({self.summary()})'
 
-# %% ../nbs/01_data.ipynb #0f79676e
+# %% ../nbs/01_data.ipynb #8cbfaa2e
 _TAG_RE = re.compile(r'<[^>]+>')
 _WS_RE = re.compile(r'\s+')
 
@@ -113,6 +113,7 @@ def _as_list_literal(text:str, lenient:bool=False):
     parts = _PRINTED_SEP.split(t[2:-2])
     return [re.sub(r"""\\[ntr'"\\]""", lambda m: _ESCAPES[m[0]], p) for p in parts]
 
+# %% ../nbs/01_data.ipynb #378fbd63
 def clean_description(desc) -> str:
     "A description as clean text: lists (or their printed form, as in the public item.json) are joined with spaces."
     if desc is None: return ''
@@ -177,7 +178,7 @@ def _find_file(folder:Path, name:str, ext:str, others:list[str]) -> Path:
 def _tag_of(path:Path, name:str, ext:str) -> str:
     return path.name[len(name) + 1:-len(ext)] if path.name != name + ext else ''
 
-# %% ../nbs/01_data.ipynb #5f5eac76
+# %% ../nbs/01_data.ipynb #916d40cd
 def _parse_int(text:str, where:str) -> int:
     t = text.strip()
     if not re.fullmatch(r'-?\d+', t): raise DataError(f'{where}: expected an integer item id, got {text!r}')
@@ -196,6 +197,7 @@ def _parse_id_list(text:str, where:str) -> list[int]:
         raise DataError(f'{where}: expected a list of integer item ids, got {text[:60]!r}')
     return list(v)
 
+# %% ../nbs/01_data.ipynb #2e4e56ac
 def read_split_csv(path, n_items:int, max_history:int|None=MAX_HISTORY) -> pd.DataFrame:
     "Read one published split CSV into a samples table, checking every row."
     path = Path(path)
@@ -226,7 +228,7 @@ def read_split_csv(path, n_items:int, max_history:int|None=MAX_HISTORY) -> pd.Da
     if not users: raise DataError(f'{path}: no samples (a header without rows); every split needs at least one row')
     return make_samples_frame(users, hists, targets)
 
-# %% ../nbs/01_data.ipynb #b37509e2
+# %% ../nbs/01_data.ipynb #93a30002
 _SID_TOKEN = re.compile(r'<[a-z]_\d+>')
 
 def _read_json(path):
@@ -257,6 +259,7 @@ def read_item_json(path) -> pd.DataFrame:
     return make_items([_WS_RE.sub(' ', r['title']).strip() for r in recs], [clean_description(r.get('description')) for r in recs],
                       [clean_text(r.get('brand')) for r in recs], [clean_categories(r.get('categories')) for r in recs], **extra)
 
+# %% ../nbs/01_data.ipynb #a842716d
 def read_index_json(path, n_items:int) -> dict:
     "Read published SIDs (`{'0': ['<a_1>', '<b_2>', '<c_3>']}`) into `{0: ('<a_1>', '<b_2>', '<c_3>')}`, checked against the catalogue."
     path = Path(path)
@@ -295,7 +298,7 @@ def load_published(root=None, name:str|None=None, max_history:int|None=MAX_HISTO
     sids = read_index_json(sp, len(items)) if sp.exists() else None
     return RecData(name, items, splits, sids, adir, tag=sorted(tags)[0])
 
-# %% ../nbs/01_data.ipynb #8c8d7655
+# %% ../nbs/01_data.ipynb #49965d28
 def _one_line(s:str) -> str: return _WS_RE.sub(' ', str(s)).strip()
 
 def write_inter(data:RecData, folder) -> list[Path]:
@@ -308,6 +311,7 @@ def write_inter(data:RecData, folder) -> list[Path]:
         out.append(write_text(Path(folder)/f'{data.name}.{s}.inter', '\n'.join(lines) + '\n'))
     return out
 
+# %% ../nbs/01_data.ipynb #d2b24105
 def _write_layout(data:RecData, adir:Path, tag:str, inter:bool) -> None:
     "Every file of `data` in the published layout under `adir`."
     stem = f'{data.name}_{tag}' if tag else data.name

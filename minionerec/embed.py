@@ -101,7 +101,7 @@ def last_token_pool(h:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
     last = T - 1 - mask.flip(1).long().argmax(1)                 # (B,)
     return h[torch.arange(len(h), device=h.device), last]
 
-# %% ../nbs/02_embed.ipynb #fff5c247
+# %% ../nbs/02_embed.ipynb #c70d4ca2
 def _model_fingerprint(cfg:EmbedConfig) -> str:
     path = resolve_model(cfg.model)
     parts = [cfg.model, cfg.pooling, str(cfg.max_length), str(cfg.normalize), cfg.dtype]
@@ -118,6 +118,7 @@ def embedding_cache_path(texts:list[str], cfg:EmbedConfig, folder=None) -> Path:
     slug = re.sub(r'[^A-Za-z0-9_.-]+', '_', Path(cfg.model.rstrip('/')).name)[:60]
     return Path(folder or cache_dir()/'embeddings')/f'{slug}-{len(texts)}-{h.hexdigest()[:24]}.npy'
 
+# %% ../nbs/02_embed.ipynb #c5836ed3
 @functools.lru_cache(maxsize=2)
 def _load_st(path:str, device:str):
     from sentence_transformers import SentenceTransformer
@@ -157,6 +158,7 @@ def _encode_texts(texts:list[str], cfg:EmbedConfig) -> np.ndarray:
         for i, v in zip(idx, enc([texts[i] for i in idx])): out[i] = v
     return np.stack(out).astype(np.float32)
 
+# %% ../nbs/02_embed.ipynb #5c5722f0
 def encode_items(items, cfg:EmbedConfig|None=None, cache:bool|str|Path=True) -> np.ndarray:
     "Embed every item's text (`item_texts`): (N, D) float32 in row order; `cache` = True (default folder), a folder, or False."
     cfg = cfg or EmbedConfig()

@@ -20,11 +20,11 @@ from .train import (check_finite_loss, check_finite_weights, lr_multiplier, make
                               count_updates, updates_applied, KeepBest, CSVLog, Schedule, DivergenceError)
 
 # %% auto #0
-__all__ = ['RL_TASKS', 'GRPOConfig', 'process_plan', 'group_advantages', 'completion_logprobs', 'kl_k3', 'loss_terms',
-           'grpo_loss', 'Rollout', 'generate_rollouts', 'rl_examples', 'sid_completions', 'build_batch',
-           'RecGRPOTrainer', 'GRPOResult', 'train_grpo', 'plot_grpo_history', 'rollout_rewards']
+__all__ = ['GRPOConfig', 'process_plan', 'group_advantages', 'completion_logprobs', 'kl_k3', 'loss_terms', 'grpo_loss', 'Rollout',
+           'generate_rollouts', 'sid_completions', 'build_batch', 'RecGRPOTrainer', 'GRPOResult', 'train_grpo',
+           'plot_grpo_history', 'rollout_rewards']
 
-# %% ../nbs/12_grpo.ipynb #dc2a10bf
+# %% ../nbs/12_grpo.ipynb #759def14
 @dataclass
 class GRPOConfig(Config):
     "GRPO on constrained-beam groups (see the chapter for what each option does)."
@@ -87,7 +87,7 @@ class GRPOConfig(Config):
         "Authors' script: G=16, lr 1e-5, 2 epochs, beta 1e-3; 64 prompts per update (64 completions/GPU x 8 GPUs x 2 accumulation / G)."
         return cls(num_generations=16, prompts_per_step=64, micro_batch=4, lr=1e-5, epochs=2.0, beta=1e-3, bf16=True, deterministic=False)
 
-RL_TASKS = ('rec', 'title2sid', 'desc2sid', 'title_hist2sid')  # names of `05_tasks`
+from .tasks import RL_TASKS, rl_examples   # RL prompts are built in `05_tasks`, with the SFT prompt policy
 
 def process_plan(cfg:GRPOConfig, world:int) -> tuple[int, int]:
     "(prompts per process, micro-batches per update) for `world` processes; an uneven split is an error."
@@ -191,26 +191,6 @@ def generate_rollouts(model, tokenizer, examples:list, trie, num_generations:int
             out = sid_beam_search(model, tokenizer, [e['prompt'] for e in examples], trie, num_beams=num_generations, batch_size=batch_size)
     finally: model.train(was_training)
     return Rollout.from_examples(examples, np.asarray(out.items), np.asarray(out.scores))
-
-# %% ../nbs/12_grpo.ipynb #7e408cd1
-def rl_examples(data, index, split:str='train', tasks=RL_TASKS, max_history:int=10, max_desc_chars:int|None=256,
-                chat_tokenizer=None) -> list[dict]:
-    "RL prompts of `tasks` on `split` (dicts prompt, target, task, item_id[, history]); catalogue tasks only for 'train'."
-    from minionerec import tasks as T
-    bad = [t for t in tasks if t not in RL_TASKS]
-    if bad: raise ValueError(f'unknown RL task {bad[0]!r}; known: {", ".join(RL_TASKS)}')
-    out, hist = [], data.splits[split]['history'].tolist()
-    kw = dict(chat_tokenizer=chat_tokenizer)
-    for task in tasks:
-        if task in ('rec', 'title_hist2sid'):
-            fn = T.rec_examples if task == 'rec' else T.title_history_to_sid_examples
-            exs = fn(data, index, split, max_history=max_history, **kw)
-            if len(exs) != len(hist): raise ValueError(f'{task}: {len(exs)} examples for {len(hist)} rows of {split!r}')
-            out += [{**e, 'history': list(h)} for e, h in zip(exs, hist)]
-        elif split == 'train':
-            exs = T.title2sid_examples(data, index, **kw) if task == 'title2sid' else T.description2sid_examples(data, index, max_chars=max_desc_chars, **kw)
-            out += [{**e, 'history': None} for e in exs]
-    return out
 
 # %% ../nbs/12_grpo.ipynb #0352698e
 def sid_completions(index, tokenizer, include_eos:bool=True) -> tuple[torch.Tensor, torch.Tensor]:

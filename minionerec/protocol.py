@@ -182,7 +182,7 @@ def leave_last_out_split(samples:pd.DataFrame) -> dict:
     parts = {'train': df[from_end >= 2], 'valid': df[from_end == 1], 'test': df[from_end == 0]}
     return {s: parts[s].sort_values('timestamp', kind='stable')[SAMPLE_COLUMNS].reset_index(drop=True) for s in SPLITS}
 
-# %% ../nbs/01a_protocol.ipynb #a728447b
+# %% ../nbs/01a_protocol.ipynb #a2e16c89
 def _key_order(keys) -> list:
     keys = list(keys)
     return sorted(keys, key=lambda k: (int(k), k)) if all(k.isdigit() for k in keys) else sorted(keys)
@@ -195,6 +195,7 @@ def _filter(stats:dict, df:pd.DataFrame, keep, key:str, what:str, source:str) ->
         raise DataError(f'{source}: no interactions left after filtering: {what} removed the last {len(df):,}{span} (counts: {stats})')
     return out
 
+# %% ../nbs/01a_protocol.ipynb #d49ec2f4
 def apply_protocol(events:pd.DataFrame, items:dict, p:ProtocolConfig, name:str, source:str='events',
                    key_column:str='source_id') -> tuple[RecData, dict]:
     "Events (`user`, `item`, `time` ms, [`rating`]) + usable items `{key: (title, description, brand, categories)}` -> `(RecData, counts)`."
@@ -323,7 +324,7 @@ def _where(path, df, fmt):
     where.unit = unit
     return where
 
-# %% ../nbs/01a_protocol.ipynb #c518d954
+# %% ../nbs/01a_protocol.ipynb #84bc9b9c
 def read_events(path, columns:dict|None=None, fmt:str='auto', time_unit:str='auto', time_ordered:bool=False,
                 rating:bool=False) -> pd.DataFrame:
     "An interactions table -> events `user, item, time (unix ms), [rating], row` in file order; errors name file, row and column."
@@ -347,6 +348,7 @@ def read_events(path, columns:dict|None=None, fmt:str='auto', time_unit:str='aut
     ev.attrs.update(columns=m, where=where)
     return ev
 
+# %% ../nbs/01a_protocol.ipynb #968e6d86
 def read_items(path, item_columns:dict|None=None, fmt:str='auto', max_title_words:int=20) -> tuple[dict, dict, set]:
     "An item table -> (usable items `{key: (title, description, brand, categories)}`, dropped counts by reason, every key)."
     path = Path(path); df = read_table(path, fmt); where = _where(path, df, table_format(path, fmt))

@@ -44,7 +44,7 @@ def balanced_assign(d:np.ndarray, capacity:int|None=None) -> np.ndarray:
         todo = np.sort(todo[o[~ok]])
     return a
 
-# %% ../nbs/03a_rqkmeans.ipynb #8b13c02d
+# %% ../nbs/03a_rqkmeans.ipynb #e9506d76
 @dataclass
 class RQKMeansConfig(Config):
     "Residual k-means settings."
@@ -66,6 +66,7 @@ class RQKMeansConfig(Config):
     @classmethod
     def paper(cls): return cls()
 
+# %% ../nbs/03a_rqkmeans.ipynb #be481f69
 @dataclass
 class RQKMeans:
     "Trained residual k-means codebooks; `encode` assigns new vectors to their nearest codes level by level."
@@ -77,6 +78,7 @@ class RQKMeans:
             d = sq_dists_np(r, C); c = d.argmin(1); codes.append(c); r = r - C[c]
         return np.stack(codes, 1).astype(np.int64), d
 
+# %% ../nbs/03a_rqkmeans.ipynb #3a45780b
 def _kmeans_level(r:np.ndarray, K:int, cfg:RQKMeansConfig, level:int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Centroids (K, d), assignment (N,) and distances (N, K) of one level."
     import faiss

@@ -24,10 +24,9 @@ from .data import SyntheticConfig, make_synthetic, load_published
 from .tasks import TaskMixConfig, build_mixture
 
 # %% auto #0
-__all__ = ['IGNORE', 'HISTORY_COLUMNS', 'SCORE_COLUMNS', 'SFTConfig', 'tokenize_example', 'tokenize_examples', 'collate',
-           'toy_examples', 'toy_backbone', 'epoch_batches', 'rank_micro_batches', 'token_losses', 'task_sums',
-           'load_weights', 'plot_losses', 'SFTResult', 'sft_loss', 'train_sft', 'scaling_sizes', 'scaling_curves',
-           'plot_scaling']
+__all__ = ['HISTORY_COLUMNS', 'SCORE_COLUMNS', 'SFTConfig', 'collate', 'toy_examples', 'toy_backbone', 'epoch_batches',
+           'rank_micro_batches', 'token_losses', 'task_sums', 'load_weights', 'plot_losses', 'SFTResult', 'sft_loss',
+           'train_sft', 'scaling_sizes', 'scaling_curves', 'plot_scaling']
 
 # %% ../nbs/07_sft.ipynb #3e7d065d
 @dataclass
@@ -83,31 +82,8 @@ class SFTConfig(Config):
         return cls(lr=3e-4, epochs=10, patience=3, global_batch_size=1024, micro_batch_size=8, max_length=512,
                    bf16=True, gradient_checkpointing=False, deterministic=False)
 
-# %% ../nbs/07_sft.ipynb #567c060a
-IGNORE = -100  # label of tokens that carry no loss (prompt, padding)
-
-def _fit(p:list[int], t:list[int], eos:int, max_length:int, task:str) -> dict:
-    "Join prompt ids `p` and target ids `t` (+ eos) into one example of at most `max_length` tokens."
-    if p and p[-1] == eos: p = p[:-1]  # tokenizers that append EOS to every text: the prompt must not end the answer
-    t = list(t) + [eos]
-    truncated = len(p) + len(t) > max_length
-    if len(t) > max_length - 1: t = t[:max_length - 1]
-    p = list(p[len(p) - (max_length - len(t)):]) if len(p) + len(t) > max_length else list(p)
-    return {'input_ids': p + t, 'labels': [IGNORE] * len(p) + t, 'task': task, 'truncated': truncated}
-
-def tokenize_example(ex:dict, tokenizer, max_length:int) -> dict:
-    "`prompt ids + target ids + [eos]`, labels `-100` on the prompt; the prompt is left-truncated to fit `max_length`."
-    return tokenize_examples([ex], tokenizer, max_length)[0]
-
-def tokenize_examples(examples:list[dict], tokenizer, max_length:int, chunk:int=4096) -> list[dict]:
-    "`tokenize_example` for a list, tokenizing prompts and targets in batches (much faster for large mixtures)."
-    eos, out = eos_id(tokenizer), []
-    for i in range(0, len(examples), chunk):
-        part = examples[i:i + chunk]
-        ps = prompt_ids(tokenizer, [e['prompt'] for e in part])
-        ts = tokenizer([e['target'] for e in part], add_special_tokens=False)['input_ids']
-        out += [_fit(p, t, eos, max_length, e.get('task', 'default')) for p, t, e in zip(ps, ts, part)]
-    return out
+# %% ../nbs/07_sft.ipynb #10536691
+from .encode import IGNORE, tokenize_examples, tokenize_example, PromptTooLong
 
 def collate(features:list[dict], pad_id:int) -> dict:
     "Right-pad a list of tokenized examples into `input_ids`, `attention_mask`, `labels` tensors of shape (B, T)."

@@ -39,7 +39,7 @@ def format_compact(task:str, input:str='') -> str:
     "The compact prompt: the task's name, its input, `RESPONSE_HEADER` (no instruction words; from-scratch backbones)."
     return f'{task}\n{input}\n{RESPONSE_HEADER}'
 
-# %% ../nbs/05_tasks.ipynb #ce07846f
+# %% ../nbs/05_tasks.ipynb #963b27a5
 MAX_HISTORY = 10
 _SEEN = 'The user has interacted with the items below, listed oldest first by their {what}. '
 INSTRUCTIONS = {
@@ -68,14 +68,19 @@ def task_prompt(task:str, input:str='', chat_tokenizer=None, style:str='scaffold
     if chat_tokenizer is not None: raise ValueError("the compact prompt has no chat template: use style='scaffold' with chat_tokenizer")
     return format_compact(task, input)
 
-def _example(task, input, target, item_id, chat_tokenizer=None, style='scaffold', hist=None, sep=', ') -> dict:
-    "An example dict; with `hist` (rendered history items, oldest first) `input` holds `_SLOT` where they go."
+def _example(task, input, target, item_id, chat_tokenizer=None, style='scaffold', hist=None, sep=', ', keep='last') -> dict:
+    "An example dict; with `hist` (a history's rendered items, or a text's words) `input` holds `_SLOT` where they go."
     prompt = task_prompt(task, input, chat_tokenizer, style)
     ex = {'prompt': prompt, 'target': target, 'task': task, 'item_id': int(item_id)}
     if hist is not None:
         head, tail = prompt.split(_SLOT)
         ex.update(prompt=head + sep.join(hist) + tail, frame=(head, sep, tail), hist=list(hist))
+        if keep == 'first': ex['keep'] = 'first'
     return ex
+
+def _text_example(task, label:str, text:str, target, item_id, chat_tokenizer=None, style='scaffold') -> dict:
+    "An example whose input is a text (`label` + `text`); a prompt that is too long loses the text's last words."
+    return _example(task, label + _SLOT, target, item_id, chat_tokenizer, style, hist=text.split(' '), sep=' ', keep='first')
 
 def _check(data, index):
     if index.n_items != len(data.items): raise ValueError(f'the SID index has {index.n_items} items, the catalogue {len(data.items)}')
@@ -91,10 +96,11 @@ def _sid_history(sids:list[str], history, max_history) -> list[str]: return [sid
 def _title_history(titles:list[str], history, max_history) -> list[str]: return [f'"{titles[i]}"' for i in list(history)[-max_history:]]
 
 def with_history(example:dict, keep:int) -> dict:
-    "`example` with only its `keep` most recent history items (prompt re-rendered); an example without a history is returned unchanged."
+    "`example` with only its `keep` most recent history items (a text input: its first `keep` words), prompt re-rendered."
     if 'hist' not in example or keep >= len(example['hist']): return example
     if keep < 1: raise ValueError(f"a {example['task']} prompt keeps at least one history item, asked for {keep}")
-    (head, sep, tail), hist = example['frame'], example['hist'][-keep:]
+    hist = example['hist'][:keep] if example.get('keep') == 'first' else example['hist'][-keep:]
+    head, sep, tail = example['frame']
     return {**example, 'prompt': head + sep.join(hist) + tail, 'hist': hist}
 
 def shorten(text:str, max_chars:int|None) -> str:
@@ -116,7 +122,7 @@ def rec_examples(data, index, split:str='train', max_history:int=MAX_HISTORY, ch
         for e in out: e['dense'] = True
     return out
 
-# %% ../nbs/05_tasks.ipynb #228b9a96
+# %% ../nbs/05_tasks.ipynb #d71b7b81
 def _items(data, items):
     return range(len(data.items)) if items is None else [int(i) for i in items]
 
@@ -124,7 +130,7 @@ def title2sid_examples(data, index, items=None, chat_tokenizer=None, style:str='
     "Title -> SID for every item (or `items`)."
     _check(data, index)
     titles, sids = data.items['title'].tolist(), index.sids()
-    return [_example('title2sid', f'Title: {titles[i]}', sids[i], i, chat_tokenizer, style) for i in _items(data, items) if titles[i].strip()]
+    return [_text_example('title2sid', 'Title: ', titles[i], sids[i], i, chat_tokenizer, style) for i in _items(data, items) if titles[i].strip()]
 
 def sid2title_examples(data, index, items=None, chat_tokenizer=None, style:str='scaffold') -> list[dict]:
     "SID -> title for every item (or `items`)."
@@ -222,7 +228,7 @@ def preference_examples(data, index, split:str='train', summaries=None, max_hist
     if missing: get_logger('minionerec.tasks').info(f'preference ({split}): {missing} of {len(last)} users have no summary, skipped')
     return out
 
-# %% ../nbs/05_tasks.ipynb #757de2d2
+# %% ../nbs/05_tasks.ipynb #8651f2b7
 def description2sid_examples(data, index, items=None, max_chars:int|None=256, chat_tokenizer=None, style:str='scaffold') -> list[dict]:
     "Description (cut to `max_chars`) -> SID for every item with a description (or `items`)."
     _check(data, index)
@@ -230,7 +236,7 @@ def description2sid_examples(data, index, items=None, max_chars:int|None=256, ch
     out = []
     for i in _items(data, items):
         d = shorten(desc[i], max_chars)
-        if d: out.append(_example('desc2sid', f'Description: {d}', sids[i], i, chat_tokenizer, style))
+        if d: out.append(_text_example('desc2sid', 'Description: ', d, sids[i], i, chat_tokenizer, style))
     return out
 
 # %% ../nbs/05_tasks.ipynb #5c73976f

@@ -37,7 +37,7 @@ def test_every_task_has_examples_and_one_scaffold(synth):
         ex = task_examples(t, data, index, 'train')
         assert ex, t
         for e in ex[:50]:
-            assert {'prompt', 'target', 'task', 'item_id'} <= set(e) <= {'prompt', 'target', 'task', 'item_id', 'frame', 'hist'}
+            assert {'prompt', 'target', 'task', 'item_id'} <= set(e) <= {'prompt', 'target', 'task', 'item_id', 'frame', 'hist', 'keep'}
             assert e['task'] == t and e['target']
             if 'hist' in e: assert e['prompt'] == with_history(e, len(e['hist']))['prompt'] == e['frame'][0] + e['frame'][1].join(e['hist']) + e['frame'][2]
             assert e['prompt'] == format_prompt(INSTRUCTIONS[t], e['prompt'].split('### Input:\n')[1].rsplit('\n\n' + RESPONSE_HEADER, 1)[0])

@@ -98,7 +98,7 @@ class SIDSection(Config):
     rqkmeans: RQKMeansConfig = field(default_factory=RQKMeansConfig)
     resolve: Literal['hungarian', 'sinkhorn', 'nearest'] = 'hungarian'  # collision resolution of `build_sid_index`
 
-# %% ../nbs/13_pipeline.ipynb #bd29b637
+# %% ../nbs/13_pipeline.ipynb #435b1822
 @dataclass
 class BaselinesSection(Config):
     "Which baselines the evaluate stage trains and scores on the same split with the same metric code."
@@ -128,7 +128,7 @@ class PipelineConfig(Config):
     rewards: RewardConfig = field(default_factory=RewardConfig)
 
     def validate(self):
-        self.check_fields(seed='>=0', world_size='>=0', max_valid_examples='>=1')
+        self.check_fields(seed='>=0', world_size='>=0', max_valid_examples='>=1', select_users='>=1', select_beams='>=1')
         bad = [s for s in self.stages if s not in STAGE_NAMES]
         if bad: raise ConfigError(f'PipelineConfig.stages: unknown stage {bad[0]!r}; stages are {list(STAGE_NAMES)}')
         if self.sid.method == 'published' and self.data.source != 'published':

@@ -228,7 +228,7 @@ def _rows(batch:dict, rows:slice|torch.Tensor) -> dict:
         first = int(torch.nonzero(keep)[0]); out['prompt_ids'], out['prompt_mask'] = out['prompt_ids'][:, first:], out['prompt_mask'][:, first:]
     return out
 
-# %% ../nbs/12_grpo.ipynb #33aff8a2
+# %% ../nbs/12_grpo.ipynb #7f4631f5
 def _stat_sum(acc, values:dict) -> dict:
     "Sum scalar stats over processes."
     keys = sorted(values)
@@ -368,24 +368,11 @@ class RecGRPOTrainer:
         return out
 
     def evaluate(self, examples:list, num_beams:int|None=None, ks=(1, 3, 5, 10)) -> dict:
-        "HR@K / NDCG@K of constrained beam search on `examples`, sharded over processes and gathered."
-        from minionerec.evaluate import rank_metrics
-        from minionerec.decoding import sid_beam_search
-        acc, n = self.acc, len(examples)
-        per = math.ceil(n / acc.num_processes)
-        idx = np.minimum(np.arange(acc.process_index * per, (acc.process_index + 1) * per), n - 1)   # padded shard
-        model = self.policy; was = model.training; model.eval()
-        try:
-            with torch.no_grad():
-                out = sid_beam_search(model, self.tokenizer, [examples[i]['prompt'] for i in idx], self.trie,
-                                      num_beams=num_beams or self.cfg.eval_beams, batch_size=self.cfg.beam_batch_size)
-        finally: model.train(was)
-        local = torch.cat([torch.as_tensor(idx)[:, None], torch.as_tensor(np.asarray(out.items), dtype=torch.long)], 1).to(acc.device)
-        allr = acc.gather(local).cpu().numpy()
-        _, first = np.unique(allr[:, 0], return_index=True)
-        allr = allr[first]                                                     # one row per example, in order
-        targets = np.array([int(examples[i]['item_id']) for i in allr[:, 0]])
-        return rank_metrics(allr[:, 1:], targets, ks)
+        "HR@K / NDCG@K of constrained beam search on `examples`: `evaluate.rank_prompts`, sharded over the processes and gathered."
+        from minionerec.evaluate import rank_metrics, rank_prompts
+        items, _ = rank_prompts(self.policy, self.tokenizer, [e['prompt'] for e in examples], self.trie,
+                                num_beams or self.cfg.eval_beams, self.cfg.beam_batch_size, self.acc.state)
+        return rank_metrics(items, np.array([int(e['item_id']) for e in examples]), ks)
 
 # %% ../nbs/12_grpo.ipynb #0ceaafd9
 @dataclass
@@ -497,10 +484,12 @@ def plot_grpo_history(history:pd.DataFrame, evals:pd.DataFrame|None=None, path=N
     if path is not None: save_fig(fig, path)
     return fig
 
-# %% ../nbs/12_grpo.ipynb #0dd26e44
+# %% ../nbs/12_grpo.ipynb #48ec1a25
 def rollout_rewards(model, tokenizer, examples:list, trie, num_generations:int=16, batch_size:int=8,
                     reward_cfg:RewardConfig|None=None, phase:str|None=None, scorer=None) -> pd.DataFrame:
-    "Long table (reward, task, value, phase) of the rewards of `model`'s constrained-beam groups on `examples`."
+    "Long table (reward, task, value, phase) of the rewards of `model`'s constrained-beam groups on `examples` (decoded sharded over the processes, as evaluation)."
     from minionerec.rewards import rewards_frame
-    ro = generate_rollouts(model, tokenizer, examples, trie, num_generations, batch_size)
+    from minionerec.evaluate import rank_prompts
+    items, scores = rank_prompts(model, tokenizer, [e['prompt'] for e in examples], trie, num_generations, batch_size)
+    ro = Rollout.from_examples(examples, items, scores)
     return rewards_frame(score_groups(ro.items, ro.targets, reward_cfg or RewardConfig(), scorer, ro.histories), ro.tasks, phase)

@@ -14,10 +14,11 @@ import torch
 from .core import Config, ConfigError, atomic_dir, write_json, read_json, get_logger
 
 # %% auto #0
-__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'load_tokenizer', 'prompt_ids', 'eos_id', 'pad_id',
-           'left_pad', 'ModelConfig', 'build_tiny_model', 'load_backbone', 'add_sid_tokens', 'apply_training_mode',
-           'param_groups', 'prepare_model', 'count_parameters', 'non_embedding_parameters', 'model_flops_per_token',
-           'save_checkpoint', 'load_checkpoint', 'checkpoint_meta']
+__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'VOCAB_MULTIPLE', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'load_tokenizer', 'prompt_ids',
+           'eos_id', 'pad_id', 'left_pad', 'ModelConfig', 'build_tiny_model', 'load_backbone', 'add_sid_tokens',
+           'apply_training_mode', 'param_groups', 'prepare_model', 'count_parameters', 'non_embedding_parameters',
+           'model_flops_per_token', 'serving_generation_config', 'save_checkpoint', 'load_checkpoint',
+           'checkpoint_meta']
 
 # %% ../nbs/06_model.ipynb #56d23156
 EOS_TOKEN, PAD_TOKEN = '<|endoftext|>', '<|pad|>'
@@ -114,7 +115,7 @@ class ModelConfig(Config):
     @property
     def torch_dtype(self): return getattr(torch, self.dtype)
 
-# %% ../nbs/06_model.ipynb #fe72a77b
+# %% ../nbs/06_model.ipynb #7476295e
 def build_tiny_model(cfg:ModelConfig, tokenizer):
     "A randomly initialised `Qwen2ForCausalLM` of `cfg`'s sizes whose vocabulary is `len(tokenizer)`."
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -130,9 +131,14 @@ def build_tiny_model(cfg:ModelConfig, tokenizer):
     model.generation_config.bos_token_id = None
     return model.to(cfg.torch_dtype)
 
-def _grow_embeddings(model, n:int):
-    "Resize input (and untied output) embeddings to at least `n` rows; never shrink (Qwen pads its matrices)."
-    if model.get_input_embeddings().weight.shape[0] < n: model.resize_token_embeddings(n, mean_resizing=False)
+VOCAB_MULTIPLE = 64   # embedding rows are padded to a multiple of this after the SID tokens are added
+
+def _grow_embeddings(model, n:int, multiple:int=1, seed:int=0):
+    "Resize input (and untied output) embeddings to at least `n` rows, rounded up to `multiple`; never shrink (Qwen pads its matrices)."
+    n = -(-n // multiple) * multiple
+    if model.get_input_embeddings().weight.shape[0] < n:
+        with torch.random.fork_rng(devices=[]):          # new rows are drawn without touching the caller's random state
+            torch.manual_seed(seed); model.resize_token_embeddings(n, mean_resizing=False)
 
 def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
     "`(model, tokenizer)`: a tiny Qwen2 with a BPE tokenizer trained on `texts` (+ the prompt scaffold), or `cfg.backbone` from HF."
@@ -156,7 +162,7 @@ def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
-# %% ../nbs/06_model.ipynb #efde64b7
+# %% ../nbs/06_model.ipynb #03112429
 def _sid_rows(weight, old_ids, new_ids, init, token_items, item_tokens, gen):
     "Initial rows (len(new_ids), D) for `weight` (V, D) computed from its rows `old_ids`."
     W = weight.detach().float()
@@ -181,7 +187,7 @@ def add_sid_tokens(tokenizer, model, index, init:str='mean', texts=None, seed:in
     tokenizer.add_tokens(fresh)  # normal (non-special) tokens
     ids = tokenizer.convert_tokens_to_ids(vocab)
     new_ids = tokenizer.convert_tokens_to_ids(fresh)
-    _grow_embeddings(model, len(tokenizer))
+    _grow_embeddings(model, len(tokenizer), VOCAB_MULTIPLE, seed)
     if new_ids:
         new_set = set(new_ids)
         old_ids = [i for i in range(n_before) if i not in new_set]
@@ -299,37 +305,58 @@ def model_flops_per_token(cfg_or_model, seq_len:int=0, vocab_size:int|None=None)
     V = vocab_size or V
     return float(6 * (non_embedding_parameters(cfg_or_model) + V * d) + 6 * L * seq_len * d)
 
-# %% ../nbs/06_model.ipynb #dee2b82c
+# %% ../nbs/06_model.ipynb #a790e791
 CHECKPOINT_META = 'minionerec.json'
 
 def _is_peft(model) -> bool: return hasattr(model, 'peft_config') and hasattr(model, 'get_base_model')
 
-def save_checkpoint(model, tokenizer, path, extra:dict|None=None, merge:bool=True) -> Path:
-    "Save model + tokenizer (+ `extra` in `minionerec.json`) atomically as a HF folder; LoRA merged unless `merge=False`."
+def serving_generation_config(tokenizer, num_beams:int=10, max_new_tokens:int|None=None):
+    "The `generation_config.json` of a checkpoint: deterministic beam search (no sampling knobs), EOS / pad of `tokenizer`."
+    from transformers import GenerationConfig
+    return GenerationConfig(do_sample=False, num_beams=num_beams, num_return_sequences=num_beams, max_new_tokens=max_new_tokens,
+                            eos_token_id=eos_id(tokenizer), pad_token_id=pad_id(tokenizer), bos_token_id=None)
+
+def _base_name(model) -> str:
+    "What a LoRA adapter was trained on: the backbone's hub name or path (`minionerec:tiny` for a tiny backbone built here)."
+    return getattr(model.get_base_model().config, '_name_or_path', '') or 'minionerec:tiny'
+
+def _publishable(path:Path):
+    "Folders 0755 and files 0644 (less the umask): a checkpoint others can read and serve."
+    umask = os.umask(0); os.umask(umask)
+    for p in [path, *path.rglob('*')]: os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+# %% ../nbs/06_model.ipynb #4f799c4d
+def save_checkpoint(model, tokenizer, path, extra:dict|None=None, merge:bool=True, index=None, num_beams:int=10) -> Path:
+    "Save model + tokenizer (+ SID `index`, a beam `generation_config.json`, `extra` in `minionerec.json`) atomically as a HF folder a server can load; LoRA: merged at the top, the adapter in `adapter/`."
     path = Path(path)
     with atomic_dir(path) as tmp:
-        adapter = False
+        adapter = None
         if _is_peft(model):
-            if merge: base = copy.deepcopy(model).merge_and_unload()
-            else:
-                base = copy.deepcopy(model).unload()
-                model.save_pretrained(tmp/'adapter'); adapter = True
+            base = copy.deepcopy(model).merge_and_unload() if merge else copy.deepcopy(model).unload()
+            adapter = {'path': 'adapter', 'base_model': _base_name(model), 'merged_into_top_level': merge}
+            for c in model.peft_config.values(): c.base_model_name_or_path = adapter['base_model']
+            model.save_pretrained(tmp/'adapter')
         else: base = model
         base.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp/CHECKPOINT_META, {'format': 1, 'tokenizer_class': type(tokenizer).__name__, 'adapter': adapter,
-                                         'n_tokens': len(tokenizer), 'extra': extra or {}})
+        n_steps = None if index is None else index.n_levels + 1
+        serving_generation_config(tokenizer, num_beams, n_steps).save_pretrained(tmp)
+        if index is not None: index.to_json(tmp/'index.json')
+        write_json(tmp/CHECKPOINT_META, {'format': 2, 'tokenizer_class': type(tokenizer).__name__, 'adapter': adapter,
+                                         'n_tokens': len(tokenizer), 'sid_index': index is not None, 'extra': extra or {}})
+        _publishable(tmp)
     return path
 
 def load_checkpoint(path, dtype:str|None=None, device=None):
-    "`(model, tokenizer)` from `save_checkpoint` (or any HF folder); the tokenizer gives the ids it was saved with."
+    "`(model, tokenizer)` from `save_checkpoint` (or any HF folder); the tokenizer gives the ids it was saved with; LoRA checkpoints load merged."
     from transformers import AutoModelForCausalLM
     path = Path(path)
     if not (path/'config.json').exists(): raise FileNotFoundError(f'{path}: not a checkpoint (no config.json)')
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype) if dtype else 'auto')
-    if (path/'adapter').is_dir():
-        from peft import PeftModel
+    ad = checkpoint_meta(path).get('adapter')
+    if (path/'adapter').is_dir() and not (isinstance(ad, dict) and ad.get('merged_into_top_level')):
+        from peft import PeftModel                        # the top level is the untrained base (format 1, or merge=False)
         model = PeftModel.from_pretrained(model, path/'adapter', is_trainable=True)
     if device is not None: model = model.to(device)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):

@@ -69,7 +69,7 @@ def grpo_world(root):
     return root
 
 
-def grpo_run(root, out, reward=None, **grpo):
+def grpo_run(root, out, reward=None, on_step=None, report_to='none', **grpo):
     "GRPO from the checkpoint of `grpo_world(root)` on 64 seeded RL prompts (tasks rec + title2sid); overrides of `GRPOConfig`."
     from minionerec.data import load_published
     from minionerec.sid import SIDIndex
@@ -84,7 +84,8 @@ def grpo_run(root, out, reward=None, **grpo):
     train = _subset(rl_examples(data, index, 'train', cfg.tasks), 64, cfg.seed)
     valid = rl_examples(data, index, 'valid', ('rec',))
     # an untrained policy rarely hits the target: 'penalize_all' gives every group non-constant rewards, hence gradients
-    return train_grpo(cfg, model, tok, index, train, valid, out_dir=out, reward_cfg=RewardConfig(**(reward or {'miss': 'penalize_all'})))
+    return train_grpo(cfg, model, tok, index, train, valid, out_dir=out, reward_cfg=RewardConfig(**(reward or {'miss': 'penalize_all'})),
+                      on_step=on_step, report_to=report_to)
 
 
 if __name__ == '__main__':

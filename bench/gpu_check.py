@@ -79,7 +79,8 @@ def phase_sft(z, tiny, out:Path) -> dict:
 
 def phase_grpo(z, tiny, out:Path) -> dict:
     from minionerec.model import load_checkpoint
-    from minionerec.grpo import GRPOConfig, train_grpo
+    from minionerec.grpo import GRPOConfig
+    from minionerec.grpo_trainer import train_grpo
     from minionerec.tasks import rl_examples
     data, index = world(z)
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'

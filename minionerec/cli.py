@@ -8,7 +8,8 @@ import argparse, os, sys
 from pathlib import Path
 from .core import ConfigError, TextDecodeError, get_logger, Timer, resolve_config_file
 from .data import DataError
-from .pipeline import STAGE_NAMES, load_config, run_pipeline, plan_run
+from .pipeline import STAGE_NAMES, run_pipeline
+from .presets import load_config, plan_run
 
 # %% auto #0
 __all__ = ['add_download_parser', 'download_command', 'prepare_summary', 'build_parser', 'main']

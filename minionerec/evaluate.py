@@ -17,7 +17,7 @@ __all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'rank_of_target', 'rank_discount', 'row
            'mrr_from_ranks', 'hit_rate_at_k', 'ndcg_at_k', 'mrr', 'metrics_from_ranks', 'rank_metrics', 'count_invalid',
            'count_empty', 'count_duplicates', 'history_bucket', 'breakdown', 'EvalResult', 'evaluate_rankings',
            'process_state', 'shard_slice', 'rank_prompts', 'EvalConfig', 'select_rows', 'evaluate_model',
-           'decoded_examples', 'paired_bootstrap', 'results_table', 'plot_results', 'write_report']
+           'decoded_examples', 'paired_bootstrap', 'comparison_lines', 'results_table', 'plot_results', 'write_report']
 
 # %% ../nbs/09_evaluate.ipynb #24737619
 def _check_ranked(ranked, targets=None):
@@ -274,7 +274,7 @@ def decoded_examples(result:EvalResult, data, n:int=5, top:int=5, seed:int=0, wi
     out = pd.DataFrame(out); out['rank'] = out['rank'].astype('Int64')   # <NA> = target not in the list
     return out
 
-# %% ../nbs/09_evaluate.ipynb #9ac67cfe
+# %% ../nbs/09_evaluate.ipynb #25c02b12
 def paired_bootstrap(ranks_a, ranks_b, metric:str='NDCG', k:int=10, n_boot:int=2000, alpha:float=0.05, seed:int=0) -> dict:
     "Difference (b - a) of a metric over the same rows, its (1 - alpha) percentile bootstrap interval and P(b better)."
     a, b = np.asarray(ranks_a), np.asarray(ranks_b)
@@ -288,6 +288,17 @@ def paired_bootstrap(ranks_a, ranks_b, metric:str='NDCG', k:int=10, n_boot:int=2
     return {'metric': name, 'a': float(ma.mean()), 'b': float(mb.mean()), 'delta': float(d.mean()),
             'lo': float(np.quantile(boot, alpha / 2)), 'hi': float(np.quantile(boot, 1 - alpha / 2)),
             'p_b_better': float((boot > 0).mean()), 'rows': int(len(d)), 'rows_changed': int((d != 0).sum())}
+
+def comparison_lines(comp:dict) -> list[str]:
+    "Markdown: SFT vs SFT+RL per split (`comp['bootstrap']`: `paired_bootstrap` results) with the interval of the difference."
+    lines = ['## SFT vs SFT+RL', '', 'Same code and rows as the results table; the difference (SFT+RL - SFT) with a 95% paired '
+             'bootstrap interval over rows and the share of resamples in which SFT+RL is better.', '',
+             '| split | rows | metric | SFT | SFT+RL | difference | 95% interval | P(RL better) | rows changed |', '|---|---:|---|---:|---:|---:|---|---:|---:|']
+    for sp, bs in comp['bootstrap'].items():
+        for b in bs:
+            lines.append(f"| {sp} | {b['rows']} | {b['metric']} | {b['a']:.4f} | {b['b']:.4f} | {b['delta']:+.4f} | "
+                         f"[{b['lo']:+.4f}, {b['hi']:+.4f}] | {b['p_b_better']:.2f} | {b['rows_changed']} |")
+    return lines + ['', '![GRPO](../rl/grpo.png)', '', '![rewards before and after RL](../rl/reward_distributions.png)', '']
 
 # %% ../nbs/09_evaluate.ipynb #210243bb
 def _summary(v) -> dict:

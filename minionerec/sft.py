@@ -25,8 +25,7 @@ from .tasks import TaskMixConfig, build_mixture
 
 # %% auto #0
 __all__ = ['HISTORY_COLUMNS', 'SCORE_COLUMNS', 'SFTConfig', 'collate', 'toy_examples', 'toy_backbone', 'epoch_batches',
-           'rank_micro_batches', 'token_losses', 'task_sums', 'plot_losses', 'SFTResult', 'sft_loss', 'train_sft',
-           'scaling_sizes', 'scaling_curves', 'plot_scaling']
+           'rank_micro_batches', 'token_losses', 'task_sums', 'plot_losses', 'SFTResult', 'sft_loss', 'train_sft']
 
 # %% ../nbs/07_sft.ipynb #2980f81c
 @dataclass
@@ -448,45 +447,3 @@ def _sft_finish(cfg, acc, raw, tokenizer, st, keep, S, plan, out_dir, valid, tas
     acc.wait_for_everyone()
     if finish: finish_tracking(acc)
     return res
-
-# %% ../nbs/07_sft.ipynb #b26607df
-def scaling_sizes(n:int=4, small:int=50_000, large:int=2_000_000) -> list[ModelConfig]:
-    "`n` tiny Qwen2 shapes whose non-embedding parameter counts run geometrically from about `small` to `large`."
-    shapes = [(d, L, h, 2, I) for d, L, h, I in [(32, 2, 2, 64), (48, 2, 4, 128), (64, 3, 4, 192), (96, 4, 4, 256), (128, 4, 4, 384),
-                                                 (160, 4, 4, 448), (192, 5, 6, 512), (256, 6, 8, 768)]]
-    cfgs = [ModelConfig.tiny().replace(hidden_size=d, num_layers=L, num_heads=h, num_kv_heads=min(kv, h), intermediate_size=I)
-            for d, L, h, kv, I in shapes]
-    sizes = np.array([non_embedding_parameters(c) for c in cfgs])
-    want = np.geomspace(small, large, n)
-    pick = sorted({int(np.argmin(np.abs(np.log(sizes / w)))) for w in want})
-    return [cfgs[i] for i in pick]
-
-def scaling_curves(builders:dict, cfg:SFTConfig, train_examples:list[dict], valid_examples:list[dict], out_dir,
-                   n_train_eval:int=256) -> pd.DataFrame:
-    "Train each `builders[name]() -> (model, tokenizer)` with `cfg`; one row per model: parameters, tokens, FLOPs, losses."
-    out_dir = Path(out_dir); rows = []
-    sub = [train_examples[i] for i in np.random.default_rng(0).permutation(len(train_examples))[:n_train_eval]]
-    for name, build in builders.items():
-        model, tok = build()
-        n = count_parameters(model, non_embedding=True)
-        r = train_sft(cfg.replace(resume=False), model, tok, train_examples, valid_examples, out_dir=out_dir/name, finish=False)
-        tr = sft_loss(model, tok, sub, cfg.max_length, cfg.eval_batch_size or 2 * cfg.micro_batch_size)
-        rows.append(dict(name=name, params=n, total_params=count_parameters(model), tokens=r.train_tokens, flops=6.0 * n * r.train_tokens,
-                         train_loss=tr['all'], valid_loss=r.best_valid_loss, steps=r.steps, seconds=round(r.wall_seconds, 1)))
-        del model
-    df = pd.DataFrame(rows)
-    df.to_csv(out_dir/'scaling.csv', index=False)
-    return df
-
-def plot_scaling(df:pd.DataFrame, path=None, title:str='SFT scaling'):
-    "Final train and validation loss against non-embedding parameters and against training FLOPs (log x axes)."
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, x, lab in zip(axes, ('params', 'flops'), ('non-embedding parameters N', 'training compute 6ND (FLOPs)')):
-        for col, mk in (('train_loss', 'o-'), ('valid_loss', 's--')):
-            ax.plot(df[x], df[col], mk, label=col.replace('_loss', ''))
-        for _, r in df.iterrows(): ax.annotate(r['name'], (r[x], r['valid_loss']), fontsize=7, xytext=(3, 3), textcoords='offset points')
-        ax.set_xscale('log'); ax.set_xlabel(lab); ax.grid(alpha=0.3, which='both')
-    axes[0].set_ylabel('loss (nats / target token)'); axes[0].legend(); fig.suptitle(title); fig.tight_layout()
-    if path is not None: save_fig(fig, path, dpi=120)
-    return fig

@@ -74,7 +74,8 @@ def grpo_run(root, out, reward=None, on_step=None, report_to='none', **grpo):
     from minionerec.data import load_published
     from minionerec.sid import SIDIndex
     from minionerec.model import load_checkpoint
-    from minionerec.grpo import GRPOConfig, train_grpo, rl_examples, _subset
+    from minionerec.grpo import GRPOConfig, rl_examples
+    from minionerec.grpo_trainer import train_grpo, _subset
     from minionerec.rewards import RewardConfig
     root = Path(root)
     data, index = load_published(root/'data'), SIDIndex.from_json(root/'index.json')

@@ -152,3 +152,20 @@ def test_demo_yaml_is_the_demo_preset():
     "configs/demo.yaml (the README's main job) spells out every key: it must stay equal to the preset it documents."
     from minionerec.pipeline import load_config, preset
     assert load_config(str(REPO/'configs'/'demo.yaml')) == preset('demo'), 'regenerate: minionerec config --config demo'
+
+def test_sft_selects_on_validation_ndcg(tiny_run, tmp_path):
+    "`sft.monitor: NDCG@10` decodes `select_users` validation rows at each validation and keeps the checkpoint with the best NDCG@10."
+    import shutil
+    import pandas as pd
+    run, _ = tiny_run
+    copy = tmp_path/'run'; shutil.copytree(run, copy)
+    r = cli('sft', '--config', 'tiny', '--run-dir', str(copy), '--set', 'sft.monitor=NDCG@10', '--set', 'select_users=16',
+            '--set', 'sft.eval_every=2', '--set', 'tasks.prompt_style=compact')
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = json.loads((copy/'sft'/'DONE.json').read_text())['metrics']
+    scores = pd.read_csv(copy/'sft'/'scores.csv')
+    nd = scores[scores.name == 'NDCG@10']
+    assert len(nd) >= 2 and done['monitor'] == 'NDCG@10'
+    assert abs(done['best_value'] - nd.value.max()) < 1e-9
+    r = cli('sft', '--config', 'tiny', '--run-dir', str(copy), '--set', 'sft.monitor=NDCG@50', '--set', 'select_beams=20')
+    assert r.returncode == 2 and 'select_beams' in r.stderr, r.stderr[-2000:]

@@ -10,7 +10,8 @@ import yaml
 from .core import ConfigError, TextDecodeError, DiskFullError, get_logger, Timer, resolve_config_file
 from .rundir import RunDirError
 from .data import DataError
-from .pipeline import STAGE_NAMES, load_config, run_pipeline, plan_run
+from .pipeline import STAGE_NAMES, run_pipeline
+from .presets import load_config, plan_run
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'add_download_parser', 'download_command', 'prepare_summary', 'build_parser', 'error_line',

@@ -71,7 +71,7 @@ def left_pad(seqs:list, pad_id:int) -> tuple[torch.Tensor, torch.Tensor]:
         if len(s): ids[i, P - len(s):] = torch.tensor(list(s)); mask[i, P - len(s):] = 1
     return ids, mask
 
-# %% ../nbs/06_model.ipynb #d92bfb69
+# %% ../nbs/06_model.ipynb #2744755f
 @dataclass
 class ModelConfig(Config):
     "Backbone, vocabulary extension and training mode of the LM."
@@ -89,7 +89,7 @@ class ModelConfig(Config):
     lora_alpha: int = 32               # LoRA scale numerator (scale = alpha / r)
     lora_dropout: float = 0.05         # dropout on the LoRA branch
     lora_target_modules: tuple[str, ...] = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')  # modules wrapped by LoRA
-    sid_init: Literal['mean', 'random', 'title'] = 'mean'  # how new SID rows start (see `add_sid_tokens`)
+    sid_init: Literal['mean', 'random', 'title', 'embedding'] = 'mean'  # how new SID rows start (see `add_sid_tokens`; 'embedding': from the items' text vectors)
     dtype: Literal['float32', 'bfloat16'] = 'float32'  # parameter dtype (bf16 on GPUs)
     gradient_checkpointing: bool = False  # trade compute for memory (GPU, large backbones)
     attn_implementation: str = 'sdpa'  # 'sdpa' | 'eager' | 'flash_attention_2'
@@ -163,24 +163,37 @@ def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
-# %% ../nbs/06_model.ipynb #03112429
-def _sid_rows(weight, old_ids, new_ids, init, token_items, item_tokens, gen):
-    "Initial rows (len(new_ids), D) for `weight` (V, D) computed from its rows `old_ids`."
+# %% ../nbs/06_model.ipynb #28292f51
+def _projected(item_vectors, D:int) -> torch.Tensor:
+    "Item vectors (N, E) centred, unit-normalised and projected on their top `D` principal directions (zero-padded when E < D)."
+    X = torch.as_tensor(np.asarray(item_vectors, dtype=np.float32))
+    X = X - X.mean(0); X = X / X.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    P = X @ torch.linalg.svd(X, full_matrices=False)[2][:D].T                     # (N, min(D, E))
+    return torch.nn.functional.pad(P, (0, D - P.shape[1]))
+
+def _sid_rows(weight, old_ids, new_ids, init, token_items, item_tokens, gen, item_vectors=None):
+    "Initial rows (len(new_ids), D) for `weight` (V, D) computed from its rows `old_ids` (or from the items' vectors)."
     W = weight.detach().float()
     old = W[old_ids]
     mu, sd = old.mean(0), old.std(0) if len(old_ids) > 1 else torch.zeros(W.shape[1])
     if init == 'random':
         return torch.randn(len(new_ids), W.shape[1], generator=gen) * 0.02
     rows = mu + 0.01 * sd * torch.randn(len(new_ids), W.shape[1], generator=gen)
-    if init == 'title':
-        item_vec = torch.stack([old[:0].sum(0) if len(t) == 0 else W[t].mean(0) for t in item_tokens])  # (N, D)
+    if init in ('title', 'embedding'):
+        item_vec = (_projected(item_vectors, W.shape[1]) if init == 'embedding' else
+                    torch.stack([old[:0].sum(0) if len(t) == 0 else W[t].mean(0) for t in item_tokens]))  # (N, D)
+        vec = torch.stack([item_vec[items].mean(0) if items else torch.zeros(W.shape[1]) for items in token_items])
+        if init == 'embedding':   # on the scale of the other rows, plus a little noise so codes of one item differ
+            vec = vec / vec.std().clamp_min(1e-8) * sd.mean() + mu + 0.1 * sd * torch.randn(vec.shape, generator=gen)
         for r, items in enumerate(token_items):
-            if items: rows[r] = item_vec[items].mean(0)
+            if items: rows[r] = vec[r]
     return rows
 
-def add_sid_tokens(tokenizer, model, index, init:str='mean', texts=None, seed:int=0) -> list[int]:
+def add_sid_tokens(tokenizer, model, index, init:str='mean', texts=None, seed:int=0, item_vectors=None) -> list[int]:
     "Add every `index.vocab()` token as a normal token, grow the embeddings, initialise new rows; returns the ids in vocab order."
-    if init not in ('mean', 'random', 'title'): raise ValueError(f"init must be 'mean', 'random' or 'title', got {init!r}")
+    if init not in ('mean', 'random', 'title', 'embedding'): raise ValueError(f"init must be 'mean', 'random', 'title' or 'embedding', got {init!r}")
+    if init == 'embedding' and (item_vectors is None or len(item_vectors) != index.n_items):
+        raise ValueError(f"init='embedding' needs `item_vectors`, one per item ({index.n_items}), got {None if item_vectors is None else len(item_vectors)}")
     vocab = index.vocab()
     known = set(tokenizer.get_vocab())
     fresh = [t for t in vocab if t not in known]
@@ -193,20 +206,21 @@ def add_sid_tokens(tokenizer, model, index, init:str='mean', texts=None, seed:in
         new_set = set(new_ids)
         old_ids = [i for i in range(n_before) if i not in new_set]
         token_items, item_tokens = None, None
-        if init == 'title':
-            if texts is None or len(texts) != index.n_items: raise ValueError(f"init='title' needs `texts`, one per item ({index.n_items}), got {None if texts is None else len(texts)}")
+        if init in ('title', 'embedding'):
+            if init == 'title' and (texts is None or len(texts) != index.n_items): raise ValueError(f"init='title' needs `texts`, one per item ({index.n_items}), got {None if texts is None else len(texts)}")
             pos = {t: r for r, t in enumerate(fresh)}
             token_items = [[] for _ in fresh]
             for i in range(index.n_items):
                 for t in index.tokens(i):
                     if t in pos: token_items[pos[t]].append(i)
+        if init == 'title':
             item_tokens = [tokenizer(str(x), add_special_tokens=False)['input_ids'] for x in texts]
             item_tokens = [[j for j in t if j < n_before] for t in item_tokens]
         emb, head = model.get_input_embeddings(), model.get_output_embeddings()
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for w in [emb.weight] + ([head.weight] if head is not None and head.weight is not emb.weight else []):
-                rows = _sid_rows(w, old_ids, new_ids, init, token_items, item_tokens, gen)
+                rows = _sid_rows(w, old_ids, new_ids, init, token_items, item_tokens, gen, item_vectors)
                 w[torch.tensor(new_ids, device=w.device)] = rows.to(device=w.device, dtype=w.dtype)
     # every SID must be exactly one id per level, also right after the response header
     for i in range(min(index.n_items, 16)):
@@ -260,11 +274,11 @@ def param_groups(model, weight_decay:float=0.0) -> list[dict]:
         (no_decay if p.ndim < 2 or hasattr(p, 'grad_row_mask') else decay).append(p)
     return [g for g in ({'params': decay, 'weight_decay': weight_decay}, {'params': no_decay, 'weight_decay': 0.0}) if g['params']]
 
-# %% ../nbs/06_model.ipynb #dc6253d0
-def prepare_model(cfg:ModelConfig, index, texts=None, titles=None):
+# %% ../nbs/06_model.ipynb #13d511ce
+def prepare_model(cfg:ModelConfig, index, texts=None, titles=None, item_vectors=None):
     "`(model, tokenizer, new_token_ids)`: `load_backbone`, `add_sid_tokens` (init `cfg.sid_init`) and `apply_training_mode`."
     model, tokenizer = load_backbone(cfg, texts)
-    ids = add_sid_tokens(tokenizer, model, index, init=cfg.sid_init, texts=titles, seed=cfg.seed)
+    ids = add_sid_tokens(tokenizer, model, index, init=cfg.sid_init, texts=titles, seed=cfg.seed, item_vectors=item_vectors)
     return apply_training_mode(model, cfg, ids), tokenizer, ids
 
 # %% ../nbs/06_model.ipynb #7b366c5e

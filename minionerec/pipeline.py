@@ -256,7 +256,7 @@ def stage_sid(ctx:RunContext, out:Path) -> dict:
     return {'items': index.n_items, 'levels': index.n_levels, 'colliding_items_before': int(len(raw) - n_unique),
             'items_in_collisions_before': int(n_colliding_items(raw)), 'colliding_items_after': int(rep['colliding_items'])}
 
-# %% ../nbs/13_pipeline.ipynb #91141c88
+# %% ../nbs/13_pipeline.ipynb #86f850ef
 def catalogue_texts(data:RecData) -> list[str]:
     "Titles and descriptions: what a tiny backbone's BPE tokenizer is trained on."
     return [t for t in data.items['title'].tolist() + data.items['description'].tolist() if t]
@@ -283,7 +283,9 @@ def stage_sft(ctx:RunContext, out:Path) -> dict:
     cfg, data, index = ctx.cfg, ctx.data(), ctx.index()
     set_seed(cfg.seed)
     model, tok = load_backbone(cfg.model, texts=catalogue_texts(data))
-    new_ids = add_sid_tokens(tok, model, index, init=cfg.model.sid_init, seed=cfg.model.seed, texts=data.items['title'].tolist())
+    vectors = ctx.embeddings() if cfg.model.sid_init == 'embedding' else None     # the text vectors the SIDs were built from
+    new_ids = add_sid_tokens(tok, model, index, init=cfg.model.sid_init, seed=cfg.model.seed, texts=data.items['title'].tolist(),
+                             item_vectors=vectors)
     model = apply_training_mode(model, cfg.model, new_ids)
     train = build_mixture(data, index, 'train', cfg.tasks, seed=cfg.seed, tokenizer=tok)
     valid = build_mixture(data, index, 'valid', cfg.tasks, seed=cfg.seed, tokenizer=tok)

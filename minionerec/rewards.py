@@ -85,7 +85,7 @@ def sasrec_scorer(model) -> Callable:
         return sc[0].detach().float().cpu().numpy()
     return scorer
 
-# %% ../nbs/11_rewards.ipynb #1677e3ea
+# %% ../nbs/11_rewards.ipynb #10135bd5
 @dataclass
 class RewardConfig(Config):
     "Which reward components GRPO optimizes and how they are weighted."
@@ -109,6 +109,7 @@ class RewardConfig(Config):
         "Name -> weight of each component in use."
         return {k: w for k, w in (('rule', self.rule), ('rank', self.rank), ('collab', self.collab)) if w != 0}
 
+# %% ../nbs/11_rewards.ipynb #f61b63fc
 REWARD_FNS = {'rule': rule_reward, 'rank': rank_penalty, 'collab': collaborative_reward}
 
 def score_groups(candidates, targets, cfg:RewardConfig|None=None, scorer=None, histories=None) -> dict[str, np.ndarray]:
@@ -137,7 +138,7 @@ def total_reward(candidates:Sequence[int], target:int, cfg:RewardConfig|None=Non
                      histories=[ctx['history']] if 'history' in ctx else None)
     return s['total'][0].tolist()
 
-# %% ../nbs/11_rewards.ipynb #60915057
+# %% ../nbs/11_rewards.ipynb #1dc9872c
 def rewards_frame(scored:dict, tasks=None, phase:str|None=None) -> pd.DataFrame:
     """Long table (reward, task, value, group, rank, phase) from `score_groups` output: one row per candidate and
     component (`rank` = its beam rank), plus per-group rows (`rank` 0): `hit`, `total_sum` and `target_rank` (the
@@ -158,6 +159,7 @@ def rewards_frame(scored:dict, tasks=None, phase:str|None=None) -> pd.DataFrame:
     df['phase'] = phase or 'rollouts'
     return df
 
+# %% ../nbs/11_rewards.ipynb #34ec3bfb
 def plot_reward_distributions(df:pd.DataFrame, path=None, bins:int=20, log:bool=True):
     """Histograms of `df` (columns reward, task, value, optional phase): one panel per (reward, task), one colour per
     phase; counts on a log scale by default (most candidates of most groups score 0, which hides the rest)."""

@@ -14,7 +14,7 @@ from .sft import SFTConfig, train_sft, sft_loss
 # %% auto #0
 __all__ = ['scaling_sizes', 'scaling_curves', 'plot_scaling']
 
-# %% ../nbs/07a_scaling.ipynb #90d99ede
+# %% ../nbs/07a_scaling.ipynb #0fd5f4c9
 def scaling_sizes(n:int=4, small:int=50_000, large:int=2_000_000) -> list[ModelConfig]:
     "`n` tiny Qwen2 shapes whose non-embedding parameter counts run geometrically from about `small` to `large`."
     shapes = [(d, L, h, 2, I) for d, L, h, I in [(32, 2, 2, 64), (48, 2, 4, 128), (64, 3, 4, 192), (96, 4, 4, 256), (128, 4, 4, 384),
@@ -26,6 +26,7 @@ def scaling_sizes(n:int=4, small:int=50_000, large:int=2_000_000) -> list[ModelC
     pick = sorted({int(np.argmin(np.abs(np.log(sizes / w)))) for w in want})
     return [cfgs[i] for i in pick]
 
+# %% ../nbs/07a_scaling.ipynb #63f186ec
 def scaling_curves(builders:dict, cfg:SFTConfig, train_examples:list[dict], valid_examples:list[dict], out_dir,
                    n_train_eval:int=256) -> pd.DataFrame:
     "Train each `builders[name]() -> (model, tokenizer)` with `cfg`; one row per model: parameters, tokens, FLOPs, losses."
@@ -43,6 +44,7 @@ def scaling_curves(builders:dict, cfg:SFTConfig, train_examples:list[dict], vali
     df.to_csv(out_dir/'scaling.csv', index=False)
     return df
 
+# %% ../nbs/07a_scaling.ipynb #3de521e2
 def plot_scaling(df:pd.DataFrame, path=None, title:str='SFT scaling'):
     "Final train and validation loss against non-embedding parameters and against training FLOPs (log x axes)."
     import matplotlib.pyplot as plt

@@ -14,10 +14,9 @@ from .pipeline import STAGE_NAMES, run_pipeline
 from .presets import load_config, plan_run
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'add_download_parser', 'download_command', 'prepare_summary', 'build_parser', 'error_line',
-           'run_command', 'main']
+__all__ = ['USER_ERRORS', 'add_download_parser', 'download_command', 'build_parser', 'error_line', 'run_command', 'main']
 
-# %% ../nbs/13a_cli.ipynb #1c9837d3
+# %% ../nbs/13a_cli.ipynb #d0d996a7
 def add_download_parser(sub):
     "The `download NAME` subcommand."
     p = sub.add_parser('download', help='download a published dataset (industrial, office) into $MINIONEREC_DATA, the cache or --dest')
@@ -35,21 +34,8 @@ def download_command(args) -> int:
     dest = Path(args.dest or os.environ.get(DATA_ENV) or cache_dir()/'data')
     data = download_published(args.name, dest, base_url=args.base_url or PUBLIC_BASE_URL, overwrite=args.force)
     print(f'{data.summary()}\nin {data.root}\nuse it: --set data.source=published --set data.path={dest} --set data.name={data.name}')
-    return 0
 
-def prepare_summary(m:dict) -> str:
-    "The prepare stage's numbers as a few lines: sizes, then the count after each protocol step."
-    lines = [f"{m.get('name', 'data')}: {m['items']:,} items, {m['users']:,} users; samples train {m['train_samples']:,} / valid {m['valid_samples']:,} / test {m['test_samples']:,}"]
-    c = m.get('counts')
-    if c:
-        steps = [(k.removeprefix('after_').replace('_', ' '), v) for k, v in c.items() if k.startswith('after_')]
-        first = c.get('events', c.get('reviews'))
-        lines.append('interactions: ' + ' -> '.join([f'{first:,} read'] + [f'{v:,} after {k}' for k, v in steps]) + f" ({c['k_core_rounds']} k-core rounds)")
-        drop = c.get('items_dropped', c.get('meta_items_dropped'))
-        if drop: lines.append('items dropped: ' + (', '.join(f'{v:,} {k}' for k, v in drop.items() if v) or 'none'))
-    return '\n'.join(lines)
-
-# %% ../nbs/13a_cli.ipynb #194a6289
+# %% ../nbs/13a_cli.ipynb #4d1aff97
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='minionerec', description='MiniOneRec-style generative recommendation: stages from data to report.')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
@@ -69,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_download_parser(sub)
     return ap
 
+# %% ../nbs/13a_cli.ipynb #b93e1bea
 USER_ERRORS = (ValueError, OSError, RunDirError, yaml.YAMLError)   # ConfigError, DataError, TextDecodeError, DiskFullError among them
 
 def error_line(e:BaseException) -> str:
@@ -95,6 +82,7 @@ def run_command(args) -> int:
     if args.cmd == 'prepare': print(prepare_summary(done['prepare']['metrics']))
     return 0
 
+# %% ../nbs/13a_cli.ipynb #72c94279
 def _sigint(signum, frame):
     "First Ctrl-C: KeyboardInterrupt (the run unwinds: lock released, temporary files removed). A second one leaves at once."
     if getattr(_sigint, 'seen', False):

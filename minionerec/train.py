@@ -80,7 +80,7 @@ def use_master_weights(model, bf16:bool, deepspeed:bool|None=None) -> dict:
     dtypes = sorted({str(p.dtype).replace('torch.', '') for p in model.parameters() if p.requires_grad})
     return precision_plan(bf16, dtypes[0] if len(dtypes) == 1 else '/'.join(dtypes), ds) | {'cast': 'all' if n < 0 else n}
 
-# %% ../nbs/06a_train.ipynb #c97ca2a0
+# %% ../nbs/06a_train.ipynb #d3eb72d4
 REPORT_TO = ('none', 'tensorboard', 'wandb', 'trackio', 'mlflow')
 
 def check_report_to(report_to:str) -> str:
@@ -92,6 +92,7 @@ def check_report_to(report_to:str) -> str:
         raise ConfigError(f'report_to={report_to!r} needs the {report_to} package: pip install {report_to}{extra}')
     return report_to
 
+# %% ../nbs/06a_train.ipynb #8ffd7bbb
 def fill_deepspeed_config(conf:dict, micro_batch:int, grad_accum:int, world_size:int, max_grad_norm:float=0.0) -> dict:
     "Fill DeepSpeed's `auto` batch, accumulation and clipping fields of `conf` in place from our plan; disagreeing numbers are an error."
     for k in ('optimizer', 'scheduler'):
@@ -105,6 +106,7 @@ def fill_deepspeed_config(conf:dict, micro_batch:int, grad_accum:int, world_size
             raise ConfigError(f'DeepSpeed config: {k}={cur} but the batch plan gives {v} (set it to "auto")')
     return conf
 
+# %% ../nbs/06a_train.ipynb #23dd736d
 def build_accelerator(grad_accum:int=1, bf16:bool=False, micro_batch:int=1, max_grad_norm:float=0.0, report_to:str='none', out_dir=None):
     "The `Accelerator` of a training run: mixed precision, CPU processes, `grad_accum` accumulation, DeepSpeed fields filled, the `report_to` tracker writing under `out_dir`."
     from accelerate import Accelerator

@@ -225,7 +225,7 @@ def constrained_generate(model, tokenizer, prompts:list[str], trie:SIDTrie, num_
         outs.append(BeamOutput(items.view(n, num_beams).cpu(), scores.view(n, num_beams).cpu(), seq.view(n, num_beams, -1).cpu()))
     return _cat(outs, trie.n_steps)
 
-# %% ../nbs/08_decoding.ipynb #8e24c9ae
+# %% ../nbs/08_decoding.ipynb #0cc82ebc
 @functools.lru_cache(maxsize=None)
 def _cache_kw(cls) -> str:
     "The forward keyword of the KV cache: `cache` (transformers >= 5.x, `past_key_values` deprecated), else `past_key_values`."
@@ -257,8 +257,12 @@ def _start_seq2seq(model, ids, am):
                     decoder_input_ids=tok, use_cache=True, **{_cache_kw(type(model)): cache})
         return F.log_softmax(out.logits[:, -1].float(), -1)
     def step(rows, tok):
-        cache.reorder_cache(rows)                                          # both caches follow the beams
-        st['enc'], st['am'] = st['enc'][rows], st['am'][rows]
+        cache.self_attention_cache.reorder_cache(rows)                     # the decoder's own keys/values follow the beams
+        if rows.numel() != st['am'].shape[0]:
+            # every beam of a user holds the user's cross-attention keys/values and encoder states, and beams never change
+            # user: they need gathering only when the number of beams per user changes (the first steps), not reordering
+            cache.cross_attention_cache.reorder_cache(rows)
+            st['enc'], st['am'] = st['enc'][rows], st['am'][rows]
         return dec(tok.reshape(-1, 1))
     return dec(torch.full((ids.shape[0], 1), _decoder_start(model), dtype=torch.long, device=ids.device)), step
 

@@ -19,7 +19,7 @@ from .evaluate import evaluate_rankings, rank_metrics, select_rows, EvalResult, 
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'sid_tokenizer', 'history_prompts', 'TIGERConfig', 'build_tiger', 'tiger_examples',
-           'encode_examples', 'TIGER', 'tiger_ranking', 'train_tiger', 'evaluate_tiger', 'run_tiger']
+           'encode_examples', 'TIGER', 'tiger_ranking', 'length_batches', 'train_tiger', 'evaluate_tiger', 'run_tiger']
 
 # %% ../nbs/10a_tiger.ipynb #b968e16e
 SPECIAL_TOKENS = ('<pad>', '</s>', '<unk>')
@@ -115,7 +115,7 @@ def encode_examples(histories, targets, index, tokenizer, max_hist:int=10) -> tu
     if (lab == tokenizer.unk_token_id).any(): raise ValueError('a target SID token is not in the TIGER vocabulary')
     return enc['input_ids'], enc['attention_mask'], lab.masked_fill(lab == tokenizer.pad_token_id, -100)
 
-# %% ../nbs/10a_tiger.ipynb #6c65d1fe
+# %% ../nbs/10a_tiger.ipynb #363c856a
 @dataclass
 class TIGER:
     "A trained TIGER: the T5, its SID tokenizer and trie, and `recommend(histories) -> BeamOutput`."
@@ -131,9 +131,12 @@ class TIGER:
         return cls(build_tiger(cfg, tok), tok, index, SIDTrie.from_index(index, tok), cfg.max_hist)
 
     def recommend(self, histories, num_beams:int=50, batch_size:int=64) -> BeamOutput:
-        "Top-`num_beams` items per history by constrained beam search (encoder once per user)."
-        return sid_beam_search(self.model, self.tokenizer, history_prompts(histories, self.index, self.max_hist), self.trie,
-                               num_beams=num_beams, batch_size=batch_size)
+        "Top-`num_beams` items per history by constrained beam search (encoder once per user; users batched by history length)."
+        prompts = history_prompts(histories, self.index, self.max_hist)
+        order = np.argsort([len(p) for p in prompts], kind='stable')       # similar lengths share a batch: less padding
+        out = sid_beam_search(self.model, self.tokenizer, [prompts[i] for i in order], self.trie, num_beams=num_beams, batch_size=batch_size)
+        inv = torch.as_tensor(np.argsort(order))
+        return BeamOutput(out.items[inv], out.scores[inv], out.sequences[inv])
 
     def save(self, path):
         "`save_pretrained` of model and tokenizer (a folder `T5ForConditionalGeneration.from_pretrained` loads)."
@@ -150,7 +153,15 @@ def _valid_metrics(tiger, data, cfg, rows) -> dict:
     k = int(cfg.valid_metric.split('@')[1])
     return rank_metrics(ranked, data.splits['valid']['target'].to_numpy(np.int64)[rows], ks=sorted({10, k}))
 
-# %% ../nbs/10a_tiger.ipynb #b84f54d3
+# %% ../nbs/10a_tiger.ipynb #ed7f0237
+def length_batches(lengths, batch_size:int, gen:torch.Generator, window:int=50) -> list[torch.Tensor]:
+    "Shuffled batches of indices of similar `lengths`: shuffle, sort within windows of `window` batches, shuffle the batches."
+    perm = torch.randperm(len(lengths), generator=gen)
+    out = []
+    for chunk in perm.split(batch_size * window):
+        out += list(chunk[torch.sort(lengths[chunk], stable=True).indices].split(batch_size))
+    return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
+
 def train_tiger(data, index, cfg:TIGERConfig|None=None) -> tuple[TIGER, pd.DataFrame]:
     "Train TIGER on `data.splits['train']`, keep the epoch with the best valid `cfg.valid_metric`; returns `(TIGER, history)`."
     cfg = cfg or TIGERConfig(); set_seed(cfg.seed); log = get_logger('minionerec.tiger')
@@ -158,7 +169,8 @@ def train_tiger(data, index, cfg:TIGERConfig|None=None) -> tuple[TIGER, pd.DataF
     device = torch.device(cfg.device) if cfg.device else get_device()
     tiger = TIGER.create(index, cfg); model = tiger.model.to(device)
     x, am, lab = encode_examples(*tiger_examples(data.splits['train'], cfg.train_mode), index, tiger.tokenizer, cfg.max_hist)
-    steps = cfg.epochs * math.ceil(len(x) / cfg.batch_size)
+    lens = am.sum(1)
+    steps = cfg.epochs * len(length_batches(lens, cfg.batch_size, torch.Generator()))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_ratio * steps), steps)
     vrows = select_rows(len(data.splits['valid']), cfg.valid_max_users, cfg.seed)
@@ -167,7 +179,7 @@ def train_tiger(data, index, cfg:TIGERConfig|None=None) -> tuple[TIGER, pd.DataF
     for epoch in progress(range(cfg.epochs), desc='TIGER'):
         with Timer() as t:
             model.train(); total, n = 0.0, 0
-            for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
+            for idx in length_batches(lens, cfg.batch_size, gen):
                 w = int(am[idx].sum(1).max())                                  # trim the batch's padding columns
                 loss = model(input_ids=x[idx, :w].to(device), attention_mask=am[idx, :w].to(device), labels=lab[idx].to(device)).loss
                 opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()

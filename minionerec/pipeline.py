@@ -28,7 +28,8 @@ from .tasks import TaskMixConfig, build_mixture
 from .sft import SFTConfig, train_sft
 from .train import batch_plan, precision_plan
 from .evaluate import EvalConfig, evaluate_model, evaluate_rankings, write_report, paired_bootstrap, select_rows
-from .baselines import SASRecConfig, GRU4RecConfig, compare_baselines
+from .baselines import SASRecConfig, GRU4RecConfig, MFConfig, compare_baselines
+from .tiger import TIGERConfig
 from .rewards import RewardConfig, plot_reward_distributions
 from .grpo import GRPOConfig, train_grpo, rollout_rewards
 from .tasks import rl_examples
@@ -104,6 +105,8 @@ class BaselinesSection(Config):
     popularity: bool = True       # most-popular items of train+valid
     sasrec: SASRecConfig|None = field(default_factory=SASRecConfig)   # null = skip SASRec
     gru4rec: GRU4RecConfig|None = None                                 # null = skip GRU4Rec
+    mf: MFConfig|None = None                                           # null = skip item-based MF
+    tiger: TIGERConfig|None = None                                     # null = skip TIGER (trained on the run's SID index)
 
 @dataclass
 class PipelineConfig(Config):
@@ -302,13 +305,14 @@ def stage_evaluate(ctx:RunContext, out:Path) -> dict:
     model, tok = load_checkpoint(ctx.sft_checkpoint()); model.eval()
     res = evaluate_model(model, tok, data, index, cfg.eval, name='MiniOneRec SFT', examples=ctx.prompts(tok, cfg.eval.split))
     b = cfg.baselines
-    results = compare_baselines(data, None, split=cfg.eval.split, sasrec=b.sasrec if b.sasrec is not None else False,
-                                gru4rec=b.gru4rec if b.gru4rec is not None else False, extra={'MiniOneRec SFT': res})
+    off = lambda c: c if c is not None else False
+    # every baseline is scored on exactly the rows the generative model was scored on, with the same metric code
+    results = compare_baselines(data, None, split=cfg.eval.split, sasrec=off(b.sasrec), gru4rec=off(b.gru4rec), mf=off(b.mf),
+                                tiger=off(b.tiger), index=index, rows=res.rows, tiger_beams=cfg.eval.num_beams, ks=cfg.eval.ks,
+                                extra={'MiniOneRec SFT': res})
     results = {k: v for k, v in results.items() if b.popularity or k != 'Popularity'}
-    for k, r in list(results.items()):   # score every model on exactly the rows the generative model was scored on
-        if k != 'MiniOneRec SFT' and not np.array_equal(r.rows, res.rows):
-            pos = {int(x): i for i, x in enumerate(r.rows)}; sel = [pos[int(x)] for x in res.rows]
-            results[k] = evaluate_rankings(k, r.ranked[sel], r.targets[sel], data, cfg.eval.split, rows=res.rows, ks=cfg.eval.ks)
+    for k, r in results.items():
+        if getattr(r, 'train_history', None) is not None: r.train_history.to_csv(out/f'{k}_history.csv', index=False)
     write_report(results, out, title=f'{data.name}: {cfg.eval.split} split')
     from minionerec.evaluate import decoded_examples
     decoded_examples(res, data).to_csv(out/'decoded_examples.csv', index=False)
@@ -501,7 +505,8 @@ def preset(name:str) -> PipelineConfig:
         return PipelineConfig(run_dir='runs/tiny', data=DataSection(synthetic=SyntheticConfig.tiny()), embed=EmbedConfig.tiny(),
                               sid=SIDSection(rqvae=RQVAEConfig.tiny()), model=ModelConfig.tiny(), tasks=TaskMixConfig.tiny(),
                               sft=SFTConfig.tiny().replace(epochs=1), eval=EvalConfig.tiny(),
-                              baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny())
+                              baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2), mf=MFConfig.tiny().replace(epochs=2),
+                                                         tiger=TIGERConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny())
     if name == 'demo':
         return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
                               embed=EmbedConfig(batch_size=64, max_length=128),

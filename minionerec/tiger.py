@@ -18,30 +18,33 @@ from .decoding import SIDTrie, BeamOutput, sid_beam_search
 from .evaluate import evaluate_rankings, rank_metrics, select_rows, EvalResult, DEFAULT_KS
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'sid_tokenizer', 'history_prompts', 'TIGERConfig', 'build_tiger', 'tiger_examples',
+__all__ = ['SPECIAL_TOKENS', 'recency_token', 'sid_tokenizer', 'history_prompts', 'TIGERConfig', 'build_tiger', 'tiger_examples',
            'encode_examples', 'TIGER', 'tiger_ranking', 'length_batches', 'train_tiger', 'evaluate_tiger', 'run_tiger']
 
-# %% ../nbs/10a_tiger.ipynb #b968e16e
+# %% ../nbs/10a_tiger.ipynb #ee20f62d
 SPECIAL_TOKENS = ('<pad>', '</s>', '<unk>')
 
-def sid_tokenizer(index) -> PreTrainedTokenizerFast:
-    "Word-level tokenizer over `index`'s SID tokens: `<pad>` 0 (decoder start), `</s>` 1 (EOS), `<unk>` 2, then every SID token."
-    vocab = {t: i for i, t in enumerate(list(SPECIAL_TOKENS) + list(index.vocab()))}
-    if len(vocab) != len(SPECIAL_TOKENS) + len(index.vocab()): raise ValueError('the SID vocabulary repeats a token or uses a special token name')
+def recency_token(k:int) -> str: return f'<pos_{k}>'
+
+def sid_tokenizer(index, recency:int=0) -> PreTrainedTokenizerFast:
+    "Word-level tokenizer: `<pad>` 0 (decoder start), `</s>` 1 (EOS), `<unk>` 2, every SID token of `index`, then `recency` tokens `<pos_k>`."
+    words = list(SPECIAL_TOKENS) + list(index.vocab()) + [recency_token(k) for k in range(recency)]
+    vocab = {t: i for i, t in enumerate(words)}
+    if len(vocab) != len(words): raise ValueError('the SID vocabulary repeats a token or uses a special token name')
     tk = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
     tk.pre_tokenizer = pre_tokenizers.Split(Regex(r'<[^<>]*>|[^<>]+'), behavior='isolated')
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token='<pad>', eos_token='</s>', unk_token='<unk>')
 
-def history_prompts(histories, index, max_hist:int=10) -> list[str]:
-    "The encoder input of each history: the SIDs of its last `max_hist` items, oldest first, concatenated."
+def history_prompts(histories, index, max_hist:int=10, recency:bool=True) -> list[str]:
+    "The encoder input of each history: its last `max_hist` items oldest first, each as `<pos_k>` (k-th most recent, if `recency`) + its SID."
     out = []
     for r, h in enumerate(histories):
         h = list(h)[-max_hist:]
         if not h: raise ValueError(f'history {r} is empty: TIGER needs at least one item to condition on')
-        out.append(''.join(index.sid(int(i)) for i in h))
+        out.append(''.join((recency_token(len(h) - 1 - j) if recency else '') + index.sid(int(i)) for j, i in enumerate(h)))
     return out
 
-# %% ../nbs/10a_tiger.ipynb #8a0ce8a3
+# %% ../nbs/10a_tiger.ipynb #370e88a9
 @dataclass
 class TIGERConfig(Config):
     "TIGER model and training settings (defaults: the paper's architecture, AdamW + cosine, early stopping on valid NDCG@10)."
@@ -52,6 +55,7 @@ class TIGERConfig(Config):
     d_ff: int = 1024                 # MLP width (paper: 1024)
     dropout: float = 0.1             # dropout in every block (paper: 0.1)
     max_hist: int = 10               # most recent history items the encoder reads (the data holds at most 10)
+    recency_tokens: bool = True      # precede each history item with `<pos_k>` (k-th most recent); False = the paper's input
     train_mode: Literal['row', 'prefix'] = 'row'  # 'row': one example per train row; 'prefix': + every prefix of each history
     lr: float = 1e-3                 # AdamW peak learning rate
     weight_decay: float = 0.01       # AdamW weight decay
@@ -91,7 +95,7 @@ def build_tiger(cfg:TIGERConfig, tokenizer) -> T5ForConditionalGeneration:
                  decoder_start_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
     return T5ForConditionalGeneration(c)
 
-# %% ../nbs/10a_tiger.ipynb #a452b28a
+# %% ../nbs/10a_tiger.ipynb #59706a74
 def tiger_examples(df:pd.DataFrame, mode:str='row') -> tuple[list[list[int]], list[int]]:
     "`(histories, targets)` of the training examples of `df` (see `TIGERConfig.train_mode`)."
     if mode not in ('row', 'prefix'): raise ValueError(f"train_mode must be 'row' or 'prefix', got {mode!r}")
@@ -107,15 +111,15 @@ def tiger_examples(df:pd.DataFrame, mode:str='row') -> tuple[list[list[int]], li
         add(u, h, t)
     return hist, tgt
 
-def encode_examples(histories, targets, index, tokenizer, max_hist:int=10) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_examples(histories, targets, index, tokenizer, max_hist:int=10, recency:bool=True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "Right-padded encoder ids and mask `(E, P)`, and labels `(E, L+1)` (target SID + EOS, -100 = padding)."
-    enc = tokenizer(history_prompts(histories, index, max_hist), padding=True, return_tensors='pt')
-    if (enc['input_ids'] == tokenizer.unk_token_id).any(): raise ValueError('a history SID token is not in the TIGER vocabulary')
+    enc = tokenizer(history_prompts(histories, index, max_hist, recency), padding=True, return_tensors='pt')
+    if (enc['input_ids'] == tokenizer.unk_token_id).any(): raise ValueError('a history token is not in the TIGER vocabulary (recency tokens need sid_tokenizer(index, recency=max_hist))')
     lab = tokenizer([index.sid(int(t)) + tokenizer.eos_token for t in targets], padding=True, return_tensors='pt')['input_ids']
     if (lab == tokenizer.unk_token_id).any(): raise ValueError('a target SID token is not in the TIGER vocabulary')
     return enc['input_ids'], enc['attention_mask'], lab.masked_fill(lab == tokenizer.pad_token_id, -100)
 
-# %% ../nbs/10a_tiger.ipynb #363c856a
+# %% ../nbs/10a_tiger.ipynb #cd44ee66
 @dataclass
 class TIGER:
     "A trained TIGER: the T5, its SID tokenizer and trie, and `recommend(histories) -> BeamOutput`."
@@ -124,15 +128,16 @@ class TIGER:
     index: object
     trie: SIDTrie
     max_hist: int = 10
+    recency: bool = True
 
     @classmethod
     def create(cls, index, cfg:TIGERConfig) -> 'TIGER':
-        tok = sid_tokenizer(index)
-        return cls(build_tiger(cfg, tok), tok, index, SIDTrie.from_index(index, tok), cfg.max_hist)
+        tok = sid_tokenizer(index, cfg.max_hist if cfg.recency_tokens else 0)
+        return cls(build_tiger(cfg, tok), tok, index, SIDTrie.from_index(index, tok), cfg.max_hist, cfg.recency_tokens)
 
     def recommend(self, histories, num_beams:int=50, batch_size:int=64) -> BeamOutput:
         "Top-`num_beams` items per history by constrained beam search (encoder once per user; users batched by history length)."
-        prompts = history_prompts(histories, self.index, self.max_hist)
+        prompts = history_prompts(histories, self.index, self.max_hist, self.recency)
         order = np.argsort([len(p) for p in prompts], kind='stable')       # similar lengths share a batch: less padding
         out = sid_beam_search(self.model, self.tokenizer, [prompts[i] for i in order], self.trie, num_beams=num_beams, batch_size=batch_size)
         inv = torch.as_tensor(np.argsort(order))
@@ -153,7 +158,7 @@ def _valid_metrics(tiger, data, cfg, rows) -> dict:
     k = int(cfg.valid_metric.split('@')[1])
     return rank_metrics(ranked, data.splits['valid']['target'].to_numpy(np.int64)[rows], ks=sorted({10, k}))
 
-# %% ../nbs/10a_tiger.ipynb #ed7f0237
+# %% ../nbs/10a_tiger.ipynb #6bc96416
 def length_batches(lengths, batch_size:int, gen:torch.Generator, window:int=50) -> list[torch.Tensor]:
     "Shuffled batches of indices of similar `lengths`: shuffle, sort within windows of `window` batches, shuffle the batches."
     perm = torch.randperm(len(lengths), generator=gen)
@@ -168,7 +173,7 @@ def train_tiger(data, index, cfg:TIGERConfig|None=None) -> tuple[TIGER, pd.DataF
     if index.n_items != len(data.items): raise ValueError(f'the SID index has {index.n_items} items, the data {len(data.items)}')
     device = torch.device(cfg.device) if cfg.device else get_device()
     tiger = TIGER.create(index, cfg); model = tiger.model.to(device)
-    x, am, lab = encode_examples(*tiger_examples(data.splits['train'], cfg.train_mode), index, tiger.tokenizer, cfg.max_hist)
+    x, am, lab = encode_examples(*tiger_examples(data.splits['train'], cfg.train_mode), index, tiger.tokenizer, cfg.max_hist, cfg.recency_tokens)
     lens = am.sum(1)
     steps = cfg.epochs * len(length_batches(lens, cfg.batch_size, torch.Generator()))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

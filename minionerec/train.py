@@ -13,10 +13,12 @@ import torch
 from .core import ConfigError, multi_process_cpu, get_logger, write_json, read_json, atomic_write
 
 # %% auto #0
-__all__ = ['Schedule', 'TRAINER_STATE', 'OPTIMIZER_STATE', 'LEGACY_STATE', 'batch_plan', 'lr_multiplier', 'make_scheduler',
-           'deepspeed_requested', 'precision_plan', 'use_master_weights', 'fill_deepspeed_config', 'build_accelerator',
-           'count_updates', 'updates_applied', 'KeepBest', 'CSVLog', 'rng_state', 'set_rng_state', 'save_trainer_state',
-           'has_trainer_state', 'load_trainer_state']
+__all__ = ['Schedule', 'REPORT_TO', 'TRAINER_STATE', 'OPTIMIZER_STATE', 'LEGACY_STATE', 'batch_plan', 'lr_multiplier',
+           'make_scheduler', 'deepspeed_requested', 'precision_plan', 'use_master_weights', 'check_report_to',
+           'fill_deepspeed_config', 'build_accelerator', 'count_updates', 'updates_applied', 'KeepBest',
+           'DivergenceError', 'check_finite_loss', 'check_finite_weights', 'CSVLog', 'start_tracking', 'track',
+           'finish_tracking', 'rng_state', 'set_rng_state', 'save_trainer_state', 'has_trainer_state',
+           'load_trainer_state']
 
 # %% ../nbs/06a_train.ipynb #941c9ef1
 def _divisors(n:int) -> list[int]: return [d for d in range(1, n + 1) if n % d == 0]
@@ -78,7 +80,18 @@ def use_master_weights(model, bf16:bool, deepspeed:bool|None=None) -> dict:
     dtypes = sorted({str(p.dtype).replace('torch.', '') for p in model.parameters() if p.requires_grad})
     return precision_plan(bf16, dtypes[0] if len(dtypes) == 1 else '/'.join(dtypes), ds) | {'cast': 'all' if n < 0 else n}
 
-# %% ../nbs/06a_train.ipynb #f1c07a4c
+# %% ../nbs/06a_train.ipynb #c97ca2a0
+REPORT_TO = ('none', 'tensorboard', 'wandb', 'trackio', 'mlflow')
+
+def check_report_to(report_to:str) -> str:
+    "`report_to` when it is one of `REPORT_TO` and its package is installed, else a `ConfigError` saying what to install."
+    import importlib.util
+    if report_to not in REPORT_TO: raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, got {report_to!r}")
+    if report_to != 'none' and importlib.util.find_spec(report_to) is None:
+        extra = ' (or pip install "minionerec[tracking]")' if report_to == 'tensorboard' else ''
+        raise ConfigError(f'report_to={report_to!r} needs the {report_to} package: pip install {report_to}{extra}')
+    return report_to
+
 def fill_deepspeed_config(conf:dict, micro_batch:int, grad_accum:int, world_size:int, max_grad_norm:float=0.0) -> dict:
     "Fill DeepSpeed's `auto` batch, accumulation and clipping fields of `conf` in place from our plan; disagreeing numbers are an error."
     for k in ('optimizer', 'scheduler'):
@@ -92,16 +105,17 @@ def fill_deepspeed_config(conf:dict, micro_batch:int, grad_accum:int, world_size
             raise ConfigError(f'DeepSpeed config: {k}={cur} but the batch plan gives {v} (set it to "auto")')
     return conf
 
-def build_accelerator(grad_accum:int=1, bf16:bool=False, micro_batch:int=1, max_grad_norm:float=0.0):
-    "The `Accelerator` of a training run: mixed precision, CPU processes, `grad_accum` accumulation, DeepSpeed fields filled."
+def build_accelerator(grad_accum:int=1, bf16:bool=False, micro_batch:int=1, max_grad_norm:float=0.0, report_to:str='none', out_dir=None):
+    "The `Accelerator` of a training run: mixed precision, CPU processes, `grad_accum` accumulation, DeepSpeed fields filled, the `report_to` tracker writing under `out_dir`."
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     ds, mp = deepspeed_requested(), 'bf16' if bf16 else 'no'
     st = AcceleratorState._shared_state
     if st and st.get('_mixed_precision') != mp and int(os.environ.get('WORLD_SIZE', '1')) == 1 and not ds:
         AcceleratorState._reset_state()   # one process, another precision than the previous run in it (notebooks, tests)
-    acc = Accelerator(mixed_precision=mp, cpu=multi_process_cpu() and not ds,
-                      gradient_accumulation_steps=int(grad_accum), step_scheduler_with_optimizer=False)
+    acc = Accelerator(mixed_precision=mp, cpu=multi_process_cpu() and not ds, gradient_accumulation_steps=int(grad_accum),
+                      step_scheduler_with_optimizer=False, log_with=None if check_report_to(report_to) == 'none' else report_to,
+                      project_dir=None if out_dir is None else str(out_dir))
     plugin = acc.state.deepspeed_plugin
     if plugin is not None: fill_deepspeed_config(plugin.deepspeed_config, micro_batch, grad_accum, acc.num_processes, max_grad_norm)
     return acc
@@ -146,6 +160,29 @@ class KeepBest:
     def state_dict(self) -> dict: return {'best': self.best, 'best_step': self.best_step, 'bad': self.bad}
     def load_state_dict(self, d:dict): self.best, self.best_step, self.bad = d['best'], d['best_step'], int(d['bad'])
 
+# %% ../nbs/06a_train.ipynb #94236c53
+class DivergenceError(ValueError):
+    "Training produced a non-finite loss; the message names the stage, the step and the learning rate."
+
+def check_finite_loss(value:float, step:int, stage:str, lr:float|None=None, hint:str='') -> float:
+    "`value` if finite, else a `DivergenceError` naming `stage`, `step` and `lr` (raise it before the weights are saved)."
+    value = float(value)
+    if math.isfinite(value): return value
+    at_lr = f' (learning rate {lr:.3g})' if lr is not None and math.isfinite(lr) else ''
+    raise DivergenceError(f'{stage}: the training loss is {value} at step {step}{at_lr}: the weights diverged, so training stopped '
+                          f'before saving them{"; " + hint if hint else ""}')
+
+def check_finite_weights(model, step:int, stage:str, lr:float|None=None, hint:str='') -> None:
+    "A `DivergenceError` naming `stage`, `step`, `lr` and the first parameter when a trainable weight of `model` is NaN or inf (one device sync)."
+    ps = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not ps: return
+    bad = [n for (n, _), b in zip(ps, torch.stack([(~torch.isfinite(p.detach())).any() for _, p in ps]).tolist()) if b]
+    if not bad: return
+    at_lr = f' (learning rate {lr:.3g})' if lr is not None and math.isfinite(lr) else ''
+    more = f' and {len(bad) - 1} more' if len(bad) > 1 else ''
+    raise DivergenceError(f'{stage}: the weights hold NaN or inf after the update of step {step}{at_lr} ({bad[0]}{more}): the weights diverged, '
+                          f'so training stopped before saving them{"; " + hint if hint else ""}')
+
 # %% ../nbs/06a_train.ipynb #3615fb71
 class CSVLog:
     "Append rows (dicts) to a CSV file as they come, flushing each time; `rows` rewrites the file first (resume)."
@@ -160,6 +197,35 @@ class CSVLog:
         if not self.enabled or not rows: return
         with open(self.path, 'a', newline='', encoding='utf-8') as f:
             csv.DictWriter(f, self.columns, extrasaction='ignore', lineterminator='\n').writerows(rows); f.flush()
+
+# %% ../nbs/06a_train.ipynb #67c45397
+def _flat(d:dict, prefix:str='') -> dict:
+    "Nested config dicts as one level of `a.b` keys with scalar values (trackers store hyper-parameters flat)."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out.update(_flat(v, f'{prefix}{k}.'))
+        else: out[f'{prefix}{k}'] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+def start_tracking(acc, report_to:str, out_dir, config:dict|None=None) -> bool:
+    "Start the tracker of an accelerator built with `report_to` / `out_dir`: runs named after the stage folder, `config` stored flat."
+    if report_to == 'none': return False
+    out_dir = Path(out_dir); name = f'{out_dir.parent.name}/{out_dir.name}'
+    if report_to == 'mlflow' and not os.environ.get('MLFLOW_TRACKING_URI'):
+        os.environ['MLFLOW_TRACKING_URI'] = (out_dir/'mlruns').resolve().as_uri()
+    kw = {'wandb': {'dir': str(out_dir), 'name': name}, 'mlflow': {'run_name': name}, 'trackio': {'name': name}}
+    acc.init_trackers('tensorboard' if report_to == 'tensorboard' else 'minionerec', config=_flat(config or {}),
+                      init_kwargs={k: v for k, v in kw.items() if k == report_to})
+    return True
+
+def track(acc, values:dict, step:int):
+    "Log the finite numbers of `values` at `step` to the started tracker (a no-op without one, and on ranks > 0)."
+    vals = {k: float(v) for k, v in values.items() if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)}
+    if acc.trackers and vals: acc.log(vals, step=int(step))
+
+def finish_tracking(acc):
+    "Close the trackers (flushes event files) without ending the process group."
+    for t in acc.trackers: t.finish()
 
 # %% ../nbs/06a_train.ipynb #24316db4
 def _b64(t:torch.Tensor) -> str: return base64.b64encode(t.cpu().numpy().tobytes()).decode()

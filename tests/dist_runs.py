@@ -69,12 +69,13 @@ def grpo_world(root):
     return root
 
 
-def grpo_run(root, out, reward=None, **grpo):
+def grpo_run(root, out, reward=None, on_step=None, report_to='none', **grpo):
     "GRPO from the checkpoint of `grpo_world(root)` on 64 seeded RL prompts (tasks rec + title2sid); overrides of `GRPOConfig`."
     from minionerec.data import load_published
     from minionerec.sid import SIDIndex
     from minionerec.model import load_checkpoint
-    from minionerec.grpo import GRPOConfig, train_grpo, rl_examples, _subset
+    from minionerec.grpo import GRPOConfig, rl_examples
+    from minionerec.grpo_trainer import train_grpo, _subset
     from minionerec.rewards import RewardConfig
     root = Path(root)
     data, index = load_published(root/'data'), SIDIndex.from_json(root/'index.json')
@@ -84,7 +85,8 @@ def grpo_run(root, out, reward=None, **grpo):
     train = _subset(rl_examples(data, index, 'train', cfg.tasks), 64, cfg.seed)
     valid = rl_examples(data, index, 'valid', ('rec',))
     # an untrained policy rarely hits the target: 'penalize_all' gives every group non-constant rewards, hence gradients
-    return train_grpo(cfg, model, tok, index, train, valid, out_dir=out, reward_cfg=RewardConfig(**(reward or {'miss': 'penalize_all'})))
+    return train_grpo(cfg, model, tok, index, train, valid, out_dir=out, reward_cfg=RewardConfig(**(reward or {'miss': 'penalize_all'})),
+                      on_step=on_step, report_to=report_to)
 
 
 if __name__ == '__main__':

@@ -53,6 +53,7 @@ def test_runtime_requirements_are_what_the_package_imports():
     assert 'trl' not in required and 'jupyterlab' not in required
     assert {'trl', 'jupyterlab', 'pytest'} <= names(settings()['dev_requirements'])
     assert {'deepspeed', 'flash-attn'} <= names(settings()['gpu_requirements'])
+    assert names(settings()['tracking_requirements']) == {'tensorboard'} and 'tensorboard' in names(settings()['dev_requirements'])
 
 @pytest.fixture(scope='module')
 def wheel(tmp_path_factory):

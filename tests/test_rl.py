@@ -142,3 +142,36 @@ def test_deepspeed_zero2_two_cpu_processes(world):
     h1 = grpo_run(root, root/'ds_one', prompts_per_step=8, micro_batch=2, max_steps=2).history
     for k in ('reward_rule', 'reward_rank', 'hit_frac', 'loss'):
         np.testing.assert_allclose(h1[k].values[:1], h2[k].values[:1], rtol=1e-3, atol=1e-6, err_msg=k)
+
+def test_resume_after_kill_gives_the_same_run(world, tmp_path):
+    """Kill after step 3 (last checkpoint at step 2), start again: the same history, validation rows and weights as an
+    uninterrupted run; the state is JSON + a weights-only tensor file; another config is refused."""
+    from minionerec.model import load_checkpoint
+    kw = dict(max_steps=4, save_every=2, eval_every=0)
+    full = grpo_run(world, tmp_path/'full', **kw)
+    class Killed(Exception): pass
+    def kill(step):
+        if step == 3: raise Killed()
+    with pytest.raises(Killed): grpo_run(world, tmp_path/'part', on_step=kill, **kw)
+    state = json.loads((tmp_path/'part'/'last'/'trainer_state.json').read_text())
+    assert state['step'] == 2 and len(state['rows']['history.csv']) == 2 and not list((tmp_path/'part'/'last').glob('*.pkl'))
+    again = grpo_run(world, tmp_path/'part', **kw)
+    timing = ['seconds', 'rollout_s', 'update_s']
+    pd.testing.assert_frame_equal(again.history.drop(columns=timing), full.history.drop(columns=timing))
+    pd.testing.assert_frame_equal(again.evals.drop(columns=['seconds']), full.evals.drop(columns=['seconds']))
+    assert again.history.updates.tolist() == [1, 2, 3, 4]
+    for (k, a), b in zip(full.model.state_dict().items(), again.model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6, msg=k)
+    h = pd.read_csv(tmp_path/'part'/'history.csv')
+    assert h.step.tolist() == [1, 2, 3, 4]                                     # the killed step 3 is not there twice
+    m, _ = load_checkpoint(tmp_path/'part'/'last')                            # `last` is a servable checkpoint too
+    with pytest.raises(ConfigError, match='different config'): grpo_run(world, tmp_path/'part', **{**kw, 'lr': 5e-3})
+
+def test_tracking_writes_tensorboard_events(world, tmp_path):
+    "report_to='tensorboard': every history and validation row reaches event files under the run's folder."
+    pytest.importorskip('tensorboard')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    res = grpo_run(world, tmp_path/'rl', report_to='tensorboard', max_steps=2)
+    ea = EventAccumulator(str(tmp_path/'rl'/'tensorboard')); ea.Reload()
+    assert [e.step for e in ea.Scalars('rl/reward_total')] == [1, 2]
+    assert [e.step for e in ea.Scalars('valid/NDCG@10')] == res.evals.step.tolist() == [0, 2]

@@ -205,3 +205,29 @@ def test_industrial_mixture_trains(amazon_root, tmp_path):
     assert tr[-3:].mean() < tr[:3].mean(), tr
     tasks = set(res.history.task)
     assert {'rec', 'title2sid', 'sid2title', 'sid_hist2title', 'sid_hist2desc', 'title_hist2sid', 'preference'} <= tasks, tasks
+
+
+def test_loss_lines_and_tensorboard(toy, tmp_path):
+    "A log line per `log_every` steps (train loss, rec loss, lr) and per validation; the same numbers in TensorBoard event files."
+    pytest.importorskip('tensorboard')
+    import logging
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ex, index, texts = toy
+    model, tok, _ = toy_backbone(index, texts, seed=3)
+    cfg = SFTConfig.tiny().replace(epochs=1, global_batch_size=4, micro_batch_size=4, log_every=2, patience=0)
+    class Keep(logging.Handler):
+        def __init__(self): super().__init__(logging.INFO); self.lines = []
+        def emit(self, r): self.lines.append(r.getMessage())
+    h_, lg = Keep(), logging.getLogger('minionerec.sft')
+    lg.addHandler(h_)
+    try: res = train_sft(cfg, model, tok, ex, ex[:6], out_dir=tmp_path/'sft', index=index, report_to='tensorboard')
+    finally: lg.removeHandler(h_)
+    lines = [l for l in h_.lines if ' loss ' in l]
+    assert [l.split()[1] for l in lines if ' train ' in l] == ['2/6', '4/6', '6/6'] and all(' rec ' in l and ' lr ' in l for l in lines if ' train ' in l)
+    ea = EventAccumulator(str(tmp_path/'sft'/'tensorboard')); ea.Reload()
+    assert [e.step for e in ea.Scalars('train/loss')] == [2, 4, 6]
+    h = res.history.query("split == 'valid' and task == 'rec'")
+    np.testing.assert_allclose([e.value for e in ea.Scalars('valid/loss_rec')], h.loss.values, rtol=1e-6)
+    assert (tmp_path/'sft'/'best'/'index.json').exists() and (tmp_path/'sft'/'last'/'index.json').exists()
+    with pytest.raises(ConfigError, match="report_to must be one of"):
+        train_sft(cfg, model, tok, ex, ex[:6], out_dir=tmp_path/'x', report_to='tensorbord')

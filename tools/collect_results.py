@@ -9,21 +9,22 @@ notebooks read them with paths relative to `nbs/` and re-plot them, so the figur
 import shutil, sys
 from pathlib import Path
 
-FILES = ['config.yaml', 'report/report.md', 'report/results.md', 'evaluate/metrics.json', 'sft/history.csv', 'sft/DONE.json',
+FILES = ['resolved_config.yaml', 'report/report.md', 'report/results.md', 'evaluate/metrics.json', 'sft/history.csv', 'sft/DONE.json',
          'sid/sid_report.json', 'rl/history.csv', 'rl/evals.csv', 'rl/comparison.json', 'rl/reward_values.csv.gz',
          'rl/reward_distributions.csv', 'rl/DONE.json', 'rl/grpo.yaml', 'rl/reward.yaml']
 
 def main(run:str, dest:str):
     run, dest = Path(run), Path(dest)
-    missing = [f for f in FILES if not (run/f).exists()]
+    files = [f if f != 'resolved_config.yaml' or (run/f).exists() else 'config.yaml' for f in FILES]   # older runs wrote config.yaml
+    missing = [f for f in files if not (run/f).exists()]
     if missing: raise SystemExit(f'{run} lacks {missing}: run the whole pipeline first (minionerec pipeline --config ...)')
     tmp = dest.with_name(dest.name + '.tmp')
     if tmp.exists(): shutil.rmtree(tmp)
-    for f in FILES:
+    for f in files:
         (tmp/f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(run/f, tmp/f)
     if dest.exists(): shutil.rmtree(dest)
     tmp.rename(dest)
-    print(f'copied {len(FILES)} files from {run} to {dest} ({sum((dest/f).stat().st_size for f in FILES) / 1e3:.0f} kB)')
+    print(f'copied {len(files)} files from {run} to {dest} ({sum((dest/f).stat().st_size for f in files) / 1e3:.0f} kB)')
 
 if __name__ == '__main__':
     if len(sys.argv) != 3: raise SystemExit(__doc__)

@@ -24,9 +24,11 @@ from .rewards import RewardConfig
 from .train import batch_plan, precision_plan
 
 # %% auto #0
-__all__ = ['preset', 'load_config', 'plan_run']
+__all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
-# %% ../nbs/13b_presets.ipynb #9266ff35
+# %% ../nbs/13b_presets.ipynb #a1ea4729
+REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
+
 def preset(name:str) -> PipelineConfig:
     "A named config: 'tiny' (tests), 'demo' (README main job), 'industrial' (real data on CPU), 'paper' (GPU servers)."
     if name == 'tiny':
@@ -35,31 +37,35 @@ def preset(name:str) -> PipelineConfig:
                               sft=SFTConfig.tiny().replace(epochs=1), eval=EvalConfig.tiny(),
                               baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2), mf=MFConfig.tiny().replace(epochs=2),
                                                          tiger=TIGERConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny())
-    if name == 'demo':
+    if name == 'demo':   # recipe chosen on validation: nbs/10b_recipe.ipynb
         return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
                               embed=EmbedConfig(batch_size=64, max_length=128),
                               sid=SIDSection(rqvae=RQVAEConfig(hidden=(256, 128, 64), codebook_size=32, epochs=500, log_every=50)),
-                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000),
-                              tasks=TaskMixConfig(max_per_task=1000), max_valid_examples=500,
-                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=2, patience=2, global_batch_size=32, micro_batch_size=32,
-                                            max_length=128, eval_every=100),
-                              eval=EvalConfig(num_beams=20, batch_size=32, max_users=300),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(epochs=30, patience=5)),
-                              rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=20, lr=5e-5,
-                                            filter_groups=True, keep_best=False, eval_every=5, eval_max_users=200, beam_batch_size=32))
-    if name == 'industrial':
+                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000,
+                                                sid_init='embedding'),
+                              tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact', max_history=1), max_valid_examples=500,
+                              select_users=500, select_beams=20,
+                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=40, patience=6, monitor='NDCG@10', global_batch_size=64,
+                                            micro_batch_size=64, max_length=64, log_every=20),
+                              eval=EvalConfig(num_beams=20, batch_size=32),
+                              baselines=BaselinesSection(sasrec=SASRecConfig(epochs=200, patience=10)),
+                              rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=20, lr=5e-5, tasks=('rec',),
+                                            filter_groups=True, keep_best=True, eval_every=5, eval_max_users=500, beam_batch_size=32))
+    if name == 'industrial':   # recipe chosen on validation: nbs/10b_recipe.ipynb
         return PipelineConfig(run_dir='runs/industrial', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig(batch_size=64),
                               sid=SIDSection(rqvae=RQVAEConfig.cpu()),
-                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=3000),
-                              tasks=TaskMixConfig(title2sid=1.0, sid2title=1.0, sid_hist2title=0.25, sid_hist2desc=0.1, title_hist2sid=0.25, preference=0.1),
-                              sft=SFTConfig(lr=2e-3, warmup_ratio=0.03, epochs=3, patience=3, eval_every=190,
-                                            global_batch_size=64, micro_batch_size=32, max_length=160), max_valid_examples=1000,
+                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=3000,
+                                                sid_init='embedding'),
+                              tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact'), max_valid_examples=1000,
+                              select_users=1000, select_beams=20,
+                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=5, monitor='NDCG@10',
+                                            global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig()),
                               rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=5e-5, warmup_ratio=0.1, max_steps=50,
-                                            max_minutes=25, eval_every=10, eval_beams=20, eval_max_users=None, keep_best=False, filter_groups=True,
-                                            tasks=('rec', 'title_hist2sid'), beam_batch_size=32))
+                                            max_minutes=20, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
+                                            tasks=('rec',), beam_batch_size=32))
     if name == 'paper':
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),

@@ -30,7 +30,8 @@ from .sft import SFTConfig, train_sft
 from .train import batch_plan, precision_plan, check_report_to
 from .evaluate import (EvalConfig, evaluate_model, evaluate_rankings, write_report, paired_bootstrap, select_rows, process_state,
                                  comparison_lines)
-from .baselines import SASRecConfig, GRU4RecConfig, compare_baselines
+from .baselines import SASRecConfig, GRU4RecConfig, MFConfig, compare_baselines
+from .tiger import TIGERConfig
 from .rewards import RewardConfig, plot_reward_distributions
 from .grpo import GRPOConfig
 from .grpo_trainer import train_grpo, reward_distributions
@@ -100,13 +101,15 @@ class SIDSection(Config):
     rqkmeans: RQKMeansConfig = field(default_factory=RQKMeansConfig)
     resolve: Literal['hungarian', 'sinkhorn', 'nearest'] = 'hungarian'  # collision resolution of `build_sid_index`
 
-# %% ../nbs/13_pipeline.ipynb #1db1fb35
+# %% ../nbs/13_pipeline.ipynb #18c37ec6
 @dataclass
 class BaselinesSection(Config):
     "Which baselines the evaluate stage trains and scores on the same split with the same metric code."
     popularity: bool = True       # most-popular items of train+valid
     sasrec: SASRecConfig|None = field(default_factory=SASRecConfig)   # null = skip SASRec
     gru4rec: GRU4RecConfig|None = None                                 # null = skip GRU4Rec
+    mf: MFConfig|None = None                                           # null = skip item-based MF
+    tiger: TIGERConfig|None = None                                     # null = skip TIGER (trained on the run's SID index)
 
 @dataclass
 class PipelineConfig(Config):
@@ -312,13 +315,14 @@ def stage_evaluate(ctx:RunContext, out:Path) -> dict:
     if not state.is_main_process: return {}             # baselines and the report: rank 0
     del model
     b = cfg.baselines
-    results = compare_baselines(data, None, split=cfg.eval.split, sasrec=b.sasrec if b.sasrec is not None else False,
-                                gru4rec=b.gru4rec if b.gru4rec is not None else False, extra={'MiniOneRec SFT': res})
+    off = lambda c: c if c is not None else False
+    # every baseline is scored on exactly the rows the generative model was scored on, with the same metric code
+    results = compare_baselines(data, None, split=cfg.eval.split, sasrec=off(b.sasrec), gru4rec=off(b.gru4rec), mf=off(b.mf),
+                                tiger=off(b.tiger), index=index, rows=res.rows, tiger_beams=cfg.eval.num_beams, ks=cfg.eval.ks,
+                                extra={'MiniOneRec SFT': res})
     results = {k: v for k, v in results.items() if b.popularity or k != 'Popularity'}
-    for k, r in list(results.items()):   # score every model on exactly the rows the generative model was scored on
-        if k != 'MiniOneRec SFT' and not np.array_equal(r.rows, res.rows):
-            pos = {int(x): i for i, x in enumerate(r.rows)}; sel = [pos[int(x)] for x in res.rows]
-            results[k] = evaluate_rankings(k, r.ranked[sel], r.targets[sel], data, cfg.eval.split, rows=res.rows, ks=cfg.eval.ks)
+    for k, r in results.items():
+        if getattr(r, 'train_history', None) is not None: r.train_history.to_csv(out/f'{k}_history.csv', index=False)
     write_report(results, out, title=f'{data.name}: {cfg.eval.split} split')
     from minionerec.evaluate import decoded_examples
     decoded_examples(res, data).to_csv(out/'decoded_examples.csv', index=False)

@@ -26,7 +26,7 @@ from .train import batch_plan, precision_plan
 # %% auto #0
 __all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
-# %% ../nbs/13b_presets.ipynb #a1ea4729
+# %% ../nbs/13b_presets.ipynb #3839f874
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
 def preset(name:str) -> PipelineConfig:
@@ -48,7 +48,8 @@ def preset(name:str) -> PipelineConfig:
                               sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=40, patience=6, monitor='NDCG@10', global_batch_size=64,
                                             micro_batch_size=64, max_length=64, log_every=20),
                               eval=EvalConfig(num_beams=20, batch_size=32),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(epochs=200, patience=10)),
+                              baselines=BaselinesSection(sasrec=SASRecConfig(epochs=200, patience=10), mf=MFConfig(),
+                                                          tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, epochs=20, patience=4, valid_max_users=500)),
                               rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=20, lr=5e-5, tasks=('rec',),
                                             filter_groups=True, keep_best=True, eval_every=5, eval_max_users=500, beam_batch_size=32))
     if name == 'industrial':   # recipe chosen on validation: nbs/10b_recipe.ipynb
@@ -62,7 +63,7 @@ def preset(name:str) -> PipelineConfig:
                               sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=5, monitor='NDCG@10',
                                             global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
                               eval=EvalConfig(num_beams=20, batch_size=32),
-                              baselines=BaselinesSection(sasrec=SASRecConfig()),
+                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=30, patience=5)),
                               rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=5e-5, warmup_ratio=0.1, max_steps=50,
                                             max_minutes=20, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
                                             tasks=('rec',), beam_batch_size=32))
@@ -70,7 +71,7 @@ def preset(name:str) -> PipelineConfig:
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),
                               tasks=TaskMixConfig.paper(), sft=SFTConfig.paper(), eval=EvalConfig.paper(),
-                              baselines=BaselinesSection(sasrec=SASRecConfig.paper(), gru4rec=GRU4RecConfig.paper()),
+                              baselines=BaselinesSection(sasrec=SASRecConfig.paper(), gru4rec=GRU4RecConfig.paper(), mf=MFConfig(), tiger=TIGERConfig.paper()),
                               rl=GRPOConfig.paper(), rewards=RewardConfig.paper())
     raise ConfigError(f"unknown preset {name!r}; presets are 'tiny', 'demo', 'industrial', 'paper' (or pass a YAML file)")
 

@@ -26,7 +26,7 @@ from .train import batch_plan, precision_plan
 # %% auto #0
 __all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
-# %% ../nbs/13b_presets.ipynb #3839f874
+# %% ../nbs/13b_presets.ipynb #74226419
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
 def preset(name:str) -> PipelineConfig:
@@ -41,8 +41,7 @@ def preset(name:str) -> PipelineConfig:
         return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
                               embed=EmbedConfig(batch_size=64, max_length=128),
                               sid=SIDSection(rqvae=RQVAEConfig(hidden=(256, 128, 64), codebook_size=32, epochs=500, log_every=50)),
-                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000,
-                                                sid_init='embedding'),
+                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000),
                               tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact', max_history=1), max_valid_examples=500,
                               select_users=500, select_beams=20,
                               sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=40, patience=6, monitor='NDCG@10', global_batch_size=64,

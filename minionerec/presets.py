@@ -26,7 +26,7 @@ from .train import batch_plan, precision_plan
 # %% auto #0
 __all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
-# %% ../nbs/13b_presets.ipynb #74226419
+# %% ../nbs/13b_presets.ipynb #3c534df1
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
 def preset(name:str) -> PipelineConfig:
@@ -56,7 +56,7 @@ def preset(name:str) -> PipelineConfig:
                               embed=EmbedConfig(batch_size=64),
                               sid=SIDSection(rqvae=RQVAEConfig.cpu()),
                               model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=3000,
-                                                sid_init='embedding'),
+                                                sid_init='embedding', dropout=0.2),
                               tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact'), max_valid_examples=1000,
                               select_users=1000, select_beams=20,
                               sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=5, monitor='NDCG@10',
@@ -64,7 +64,7 @@ def preset(name:str) -> PipelineConfig:
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=30, patience=5)),
                               rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=5e-5, warmup_ratio=0.1, max_steps=50,
-                                            max_minutes=20, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
+                                            max_minutes=15, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
                                             tasks=('rec',), beam_batch_size=32))
     if name == 'paper':
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),

@@ -26,7 +26,7 @@ from .train import batch_plan, precision_plan
 # %% auto #0
 __all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
-# %% ../nbs/13b_presets.ipynb #3c534df1
+# %% ../nbs/13b_presets.ipynb #cf243b00
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
 def preset(name:str) -> PipelineConfig:
@@ -62,7 +62,7 @@ def preset(name:str) -> PipelineConfig:
                               sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=5, monitor='NDCG@10',
                                             global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
                               eval=EvalConfig(num_beams=20, batch_size=32),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=30, patience=5)),
+                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=15, patience=4)),
                               rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=5e-5, warmup_ratio=0.1, max_steps=50,
                                             max_minutes=15, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
                                             tasks=('rec',), beam_batch_size=32))

@@ -28,6 +28,7 @@ def parse_args(argv=None):
     ap.add_argument('--heads', type=int, default=4); ap.add_argument('--inter', type=int, default=256)
     ap.add_argument('--sid_init', default='mean', help="model.sid_init: mean, random, title or embedding")
     ap.add_argument('--wd', type=float, default=0.0)
+    ap.add_argument('--dropout', type=float, default=0.0, help='model.dropout: on the embeddings, each residual branch and the attention weights')
     ap.add_argument('--monitor', default='rec', help="sft.monitor: 'rec' (loss) or 'NDCG@10' (decodes --select_users rows at each validation)")
     ap.add_argument('--select_users', type=int, default=500)
     ap.add_argument('--patience', type=int, default=4)
@@ -55,7 +56,7 @@ def main(argv=None):
     from minionerec.core import set_seed
     from minionerec.data import load_published
     from minionerec.sid import SIDIndex
-    from minionerec.model import ModelConfig, load_backbone, add_sid_tokens, apply_training_mode
+    from minionerec.model import ModelConfig, load_backbone, add_sid_tokens, apply_training_mode, add_dropout
     from minionerec.tasks import build_mixture, task_examples
     from minionerec.sft import SFTConfig, train_sft
     from minionerec.decoding import SIDTrie
@@ -65,11 +66,13 @@ def main(argv=None):
     data, index = load_published(run/'prepare'/'data'), SIDIndex.from_json(run/'sid'/'index.json')
     set_seed(a.seed)
     mcfg = ModelConfig(hidden_size=a.hidden, num_layers=a.layers, num_heads=a.heads, num_kv_heads=max(1, a.heads // 2),
-                       intermediate_size=a.inter, vocab_size=2000 if data.n_items < 1000 else 3000, sid_init=a.sid_init)
+                       intermediate_size=a.inter, vocab_size=2000 if data.n_items < 1000 else 3000, sid_init=a.sid_init,
+                       **({'dropout': a.dropout} if a.dropout else {}))
     model, tok = load_backbone(mcfg, texts=catalogue_texts(data))
     kw = {'item_vectors': np.load(run/'embed'/'embeddings.npy')} if a.sid_init == 'embedding' else {}
     new = add_sid_tokens(tok, model, index, init=a.sid_init, texts=data.items['title'].tolist(), seed=0, **kw)
     model = apply_training_mode(model, mcfg, new)
+    add_dropout(model, mcfg.dropout)
     mix = task_mix(a.mix, prompt_style=a.prompt, dense_rec=bool(a.dense), max_history=a.max_hist)
     train = build_mixture(data, index, 'train', mix, seed=a.seed)
     valid = task_examples('rec', data, index, 'valid', mix)

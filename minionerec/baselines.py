@@ -17,9 +17,10 @@ from .core import Config, ConfigError, Timer, get_logger, set_seed, progress, ge
 from .evaluate import evaluate_rankings, rank_metrics, write_report, EvalResult
 
 # %% auto #0
-__all__ = ['planted_data', 'popularity_counts', 'popularity_ranking', 'evaluate_popularity', 'SASRec', 'GRU4Rec',
-           'user_sequences', 'training_samples', 'SASRecConfig', 'GRU4RecConfig', 'seq_scores', 'seq_ranking',
-           'sasrec_ranking', 'train_seqrec', 'train_sasrec', 'train_gru4rec', 'compare_baselines']
+__all__ = ['planted_data', 'popularity_counts', 'popularity_ranking', 'evaluate_popularity', 'SASRec', 'GRU4Rec', 'MF',
+           'user_sequences', 'training_samples', 'SASRecConfig', 'GRU4RecConfig', 'MFConfig', 'seq_scores',
+           'seq_ranking', 'sasrec_ranking', 'seq_loss', 'train_seqrec', 'train_sasrec', 'train_gru4rec', 'train_mf',
+           'compare_baselines']
 
 # %% ../nbs/10_baselines.ipynb #d8ae498b
 def planted_data(n_users:int=300, n_items:int=40, seq_len:int=12, p_follow:float=0.9, max_hist:int=10, seed:int=0):
@@ -103,6 +104,27 @@ class GRU4Rec(nn.Module):
     def forward(self, seq): return self.dense(self.gru(self.drop(self.item_emb(seq)))[0])   # (B, T, E)
     def item_weights(self): return self.item_emb.weight[1:]
 
+# %% ../nbs/10_baselines.ipynb #d04d0fd0
+class MF(nn.Module):
+    "Item-based MF: `forward(seq (B, T) of item ids + 1, 0 = pad) -> (B, T, D+1)`: mean input factor of the items so far, and a 1 for the bias."
+    def __init__(self, *, n_items:int, dim:int=64, dropout:float=0.0, max_len:int=10):
+        super().__init__()
+        self.n_items, self.max_len = n_items, max_len
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)   # input (history) factors
+        self.out_emb = nn.Embedding(n_items, dim)                        # output (target) factors
+        self.bias = nn.Parameter(torch.zeros(n_items))
+        self.drop = nn.Dropout(dropout)
+        for e in (self.item_emb, self.out_emb): nn.init.normal_(e.weight, std=0.02)
+        with torch.no_grad(): self.item_emb.weight[0].zero_()
+
+    def forward(self, seq):
+        e = self.drop(self.item_emb(seq))                                # (B, T, D), zero at padding
+        n = (seq > 0).long().cumsum(1).clamp(min=1)[..., None]
+        u = e.cumsum(1) / n                                              # running mean over the history
+        return torch.cat([u, torch.ones_like(u[..., :1])], -1)           # (B, T, D+1)
+
+    def item_weights(self): return torch.cat([self.out_emb.weight, self.bias[:, None]], 1)   # (N, D+1)
+
 # %% ../nbs/10_baselines.ipynb #c0bd3e35
 def _pad(seqs, max_len:int) -> torch.Tensor:
     "Right-pad lists of item ids (keeping the last `max_len`) to a (B, T) tensor of ids + 1 (0 = pad)."
@@ -138,7 +160,7 @@ def training_samples(df:pd.DataFrame, mode:str='prefix', max_len:int=10):
         return x, y
     raise ValueError(f"mode must be 'prefix' or 'user', got {mode!r}")
 
-# %% ../nbs/10_baselines.ipynb #402dc408
+# %% ../nbs/10_baselines.ipynb #437fc8f9
 @dataclass
 class SASRecConfig(Config):
     "SASRec / training settings (defaults = the RecBole run behind the reference numbers)."
@@ -199,7 +221,34 @@ class GRU4RecConfig(Config):
     @classmethod
     def tiny(cls): return cls(embedding=32, hidden=32, dropout=0.1, lr=1e-2, batch_size=256, epochs=6, patience=2)
 
-# %% ../nbs/10_baselines.ipynb #f3f7811d
+@dataclass
+class MFConfig(Config):
+    "Item-based MF / training settings (same training loop, samples and early stopping as SASRec)."
+    dim: int = 64                    # factor size
+    dropout: float = 0.0             # dropout on the history factors
+    loss: Literal['softmax', 'bpr'] = 'softmax'  # full-softmax cross-entropy over all items, or BPR with one uniform negative
+    lr: float = 1e-2                 # Adam learning rate (better than 1e-3 on the demo and on Industrial, see below)
+    weight_decay: float = 0.0        # Adam weight decay
+    batch_size: int = 512            # training samples per step
+    max_len: int = 10                # longest history used
+    train_mode: Literal['prefix', 'user'] = 'prefix'  # how training samples are built
+    epochs: int = 200                # upper bound on epochs
+    patience: int = 10               # early-stopping patience (epochs)
+    eval_every: int = 1              # epochs between validations
+    valid_metric: str = 'NDCG@10'    # early-stopping metric on the valid split
+    seed: int = 42                   # seed
+    device: str|None = None          # None = cuda if available, else cpu
+
+    def validate(self):
+        self.check_fields(dim='>=1', dropout='[0,1)', lr='>0', weight_decay='>=0', batch_size='>=1', max_len='>=1',
+                          epochs='>=1', patience='>=1', eval_every='>=1', seed='>=0')
+        import re
+        if not re.fullmatch(r'(HR|NDCG|MRR)@[1-9]\d*', self.valid_metric): raise ConfigError(f"MFConfig.valid_metric must be HR@K, NDCG@K or MRR@K, got {self.valid_metric!r}")
+
+    @classmethod
+    def tiny(cls): return cls(dim=32, lr=1e-2, batch_size=256, epochs=8, patience=2)
+
+# %% ../nbs/10_baselines.ipynb #20cd6e0a
 @torch.no_grad()
 def seq_scores(model, histories, batch_size:int=1024, device=None):
     "Yield `(rows slice, scores (b, N))` of every item for each history (last `max_len` items used)."
@@ -227,8 +276,19 @@ def _valid_score(model, data, metric:str) -> dict:
     ranked = seq_ranking(model, data, 'valid', k=max(k, 10))
     return rank_metrics(ranked, data.splits['valid']['target'].to_numpy(np.int64), ks=sorted({10, k}))
 
+def seq_loss(model, h, y, kind:str='softmax'):
+    "Loss of hidden states `h` (b, T, H) against labels `y` (b, T) (-100 = none): full-softmax CE, or BPR with one uniform negative."
+    sel = y >= 0
+    hs, pos = h[sel], y[sel]                                             # (n, H), (n,)
+    W = model.item_weights()                                             # (N, H)
+    if kind == 'softmax': return F.cross_entropy(hs @ W.T, pos)
+    if kind == 'bpr':
+        neg = torch.randint(0, W.shape[0], pos.shape, device=pos.device)
+        return -F.logsigmoid((hs * (W[pos] - W[neg])).sum(-1)).mean()
+    raise ValueError(f"loss must be 'softmax' or 'bpr', got {kind!r}")
+
 def train_seqrec(model:nn.Module, data, cfg, name:str='model'):
-    "Train `model` (SASRec or GRU4Rec) with full-softmax CE; early stopping on valid `cfg.valid_metric`. Returns `(model, history)`."
+    "Train `model` (SASRec, GRU4Rec, MF) with `seq_loss` (`cfg.loss`, default softmax); early stopping on valid `cfg.valid_metric`. Returns `(model, history)`."
     log = get_logger('minionerec.baselines')
     device = torch.device(cfg.device) if cfg.device else get_device()
     model.to(device)
@@ -241,10 +301,7 @@ def train_seqrec(model:nn.Module, data, cfg, name:str='model'):
             model.train(); total, steps = 0.0, 0
             for idx in torch.randperm(len(x), generator=gen).split(cfg.batch_size):
                 xb, yb = x[idx].to(device), y[idx].to(device)
-                h = model(xb)                                               # (b, T, H)
-                sel = yb >= 0
-                logits = h[sel] @ model.item_weights().T                    # (n, N)
-                loss = F.cross_entropy(logits, yb[sel])
+                loss = seq_loss(model, model(xb), yb, getattr(cfg, 'loss', 'softmax'))
                 opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
                 total += loss.item(); steps += 1
         rec = {'epoch': epoch + 1, 'loss': total / steps, 'train_s': t.seconds}
@@ -275,15 +332,34 @@ def train_gru4rec(data, cfg:GRU4RecConfig|None=None):
                     dropout=cfg.dropout, max_len=cfg.max_len)
     return train_seqrec(model, data, cfg, 'GRU4Rec')
 
-# %% ../nbs/10_baselines.ipynb #4646f6d3
+def train_mf(data, cfg:MFConfig|None=None):
+    "Train item-based MF like `train_sasrec`; returns `(best model, history DataFrame)`."
+    cfg = cfg or MFConfig(); set_seed(cfg.seed)
+    return train_seqrec(MF(n_items=len(data.items), dim=cfg.dim, dropout=cfg.dropout, max_len=cfg.max_len), data, cfg, 'MF')
+
+# %% ../nbs/10_baselines.ipynb #f5342be5
+def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
+    "`r` re-scored on the rows `rows` of its split (a subset of the rows it ranked), keeping its training history."
+    if np.array_equal(r.rows, rows): return r
+    pos = {int(x): i for i, x in enumerate(r.rows)}
+    missing = [int(x) for x in rows if int(x) not in pos]
+    if missing: raise ValueError(f'{r.name} has no ranking for row {missing[0]} of {r.split!r}')
+    sel = [pos[int(x)] for x in rows]
+    out = evaluate_rankings(r.name, r.ranked[sel], r.targets[sel], data, r.split, rows=rows, ks=ks, seconds=r.seconds)
+    if hasattr(r, 'train_history'): out.train_history = r.train_history
+    return out
+
 def compare_baselines(data, out_dir=None, split:str='test', sasrec:SASRecConfig|None|bool=True,
                       gru4rec:GRU4RecConfig|None|bool=True, k:int=50, extra:dict|None=None, ks=(1, 3, 5, 10, 20, 50),
-                      title:str='Baselines') -> dict:
-    "Popularity, SASRec and GRU4Rec (each can be turned off with `False`) on `split`; report written to `out_dir`."
+                      title:str='Baselines', mf:MFConfig|bool=False, tiger=False, index=None, rows=None,
+                      tiger_beams:int|None=None) -> dict:
+    """Popularity, MF, GRU4Rec, SASRec and TIGER (each off with `False`; MF and TIGER off by default, TIGER needs the SID
+    `index`) on `split`, scored on rows `rows` (default all); report written to `out_dir`. TIGER's list has `tiger_beams` (default `k`) items."""
     results = dict(extra or {})
     results['Popularity'] = evaluate_popularity(data, split, k, ks=ks)
     targets = data.splits[split]['target'].to_numpy(np.int64)
-    for name, cfg, default, train in (('SASRec', sasrec, SASRecConfig, train_sasrec), ('GRU4Rec', gru4rec, GRU4RecConfig, train_gru4rec)):
+    for name, cfg, default, train in (('MF', mf, MFConfig, train_mf), ('GRU4Rec', gru4rec, GRU4RecConfig, train_gru4rec),
+                                      ('SASRec', sasrec, SASRecConfig, train_sasrec)):
         if cfg is False: continue
         cfg = default() if cfg in (None, True) else cfg
         with Timer() as t:
@@ -292,5 +368,12 @@ def compare_baselines(data, out_dir=None, split:str='test', sasrec:SASRecConfig|
         r = evaluate_rankings(name, ranked, targets, data, split, ks=ks, seconds=t.seconds)
         r.train_history = hist
         results[name] = r
+    if tiger is not False:
+        from minionerec.tiger import TIGERConfig, run_tiger
+        if index is None: raise ValueError('compare_baselines: TIGER needs the SID index (index=...)')
+        results['TIGER'] = run_tiger(data, index, TIGERConfig() if tiger in (None, True) else tiger, split, tiger_beams or k, rows, ks)
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        results = {n: _on_rows(r, data, rows, ks) if isinstance(r, EvalResult) else r for n, r in results.items()}
     if out_dir is not None: write_report(results, out_dir, title=title)
     return results

@@ -13,11 +13,12 @@ import pandas as pd
 from .core import Config, ConfigError, Timer, get_logger, set_seed, write_json, write_text, atomic_write, save_fig, multi_process_cpu
 
 # %% auto #0
-__all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'rank_of_target', 'rank_discount', 'row_metric', 'hr_from_ranks', 'ndcg_from_ranks',
-           'mrr_from_ranks', 'hit_rate_at_k', 'ndcg_at_k', 'mrr', 'metrics_from_ranks', 'rank_metrics', 'count_invalid',
-           'count_empty', 'count_duplicates', 'history_bucket', 'breakdown', 'EvalResult', 'evaluate_rankings',
-           'process_state', 'shard_slice', 'rank_prompts', 'EvalConfig', 'select_rows', 'evaluate_model',
-           'decoded_examples', 'paired_bootstrap', 'comparison_lines', 'results_table', 'plot_results', 'write_report']
+__all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'GENERATIVE', 'rank_of_target', 'rank_discount', 'row_metric', 'hr_from_ranks',
+           'ndcg_from_ranks', 'mrr_from_ranks', 'hit_rate_at_k', 'ndcg_at_k', 'mrr', 'metrics_from_ranks',
+           'rank_metrics', 'count_invalid', 'count_empty', 'count_duplicates', 'history_bucket', 'breakdown',
+           'EvalResult', 'evaluate_rankings', 'process_state', 'shard_slice', 'rank_prompts', 'EvalConfig',
+           'select_rows', 'evaluate_model', 'decoded_examples', 'paired_bootstrap', 'comparison_lines', 'rank_table',
+           'bootstrap_pairs', 'bootstrap_table', 'bootstrap_lines', 'results_table', 'plot_results', 'write_report']
 
 # %% ../nbs/09_evaluate.ipynb #3e502a83
 def _check_ranked(ranked, targets=None):
@@ -279,7 +280,7 @@ def decoded_examples(result:EvalResult, data, n:int=5, top:int=5, seed:int=0, wi
     out = pd.DataFrame(out); out['rank'] = out['rank'].astype('Int64')   # <NA> = target not in the list
     return out
 
-# %% ../nbs/09_evaluate.ipynb #fa98a952
+# %% ../nbs/09_evaluate.ipynb #b74c5cb9
 def paired_bootstrap(ranks_a, ranks_b, metric:str='NDCG', k:int=10, n_boot:int=2000, alpha:float=0.05, seed:int=0) -> dict:
     "Difference (b - a) of a metric over the same rows, its (1 - alpha) percentile bootstrap interval and P(b better)."
     a, b = np.asarray(ranks_a), np.asarray(ranks_b)
@@ -289,10 +290,14 @@ def paired_bootstrap(ranks_a, ranks_b, metric:str='NDCG', k:int=10, n_boot:int=2
     d = mb - ma
     idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
     boot = d[idx].mean(1)
+    ra = ma[idx].mean(1); ratio = mb[idx].mean(1) / np.where(ra > 0, ra, 1)   # b / a in each resample (defined where a > 0)
+    q = lambda x, p: float(np.quantile(x, p))
     name = f'{metric}@{k}'
     return {'metric': name, 'a': float(ma.mean()), 'b': float(mb.mean()), 'delta': float(d.mean()),
-            'lo': float(np.quantile(boot, alpha / 2)), 'hi': float(np.quantile(boot, 1 - alpha / 2)),
-            'p_b_better': float((boot > 0).mean()), 'rows': int(len(d)), 'rows_changed': int((d != 0).sum())}
+            'lo': q(boot, alpha / 2), 'hi': q(boot, 1 - alpha / 2),
+            'p_b_better': float((boot > 0).mean()), 'rows': int(len(d)), 'rows_changed': int((d != 0).sum()),
+            'ratio': float(mb.mean() / ma.mean()) if ma.mean() > 0 else None,
+            'ratio_lo': q(ratio, alpha / 2) if (ra > 0).all() else None, 'ratio_hi': q(ratio, 1 - alpha / 2) if (ra > 0).all() else None}
 
 def comparison_lines(comp:dict) -> list[str]:
     "Markdown: SFT vs SFT+RL per split (`comp['bootstrap']`: `paired_bootstrap` results) with the interval of the difference."
@@ -304,6 +309,51 @@ def comparison_lines(comp:dict) -> list[str]:
             lines.append(f"| {sp} | {b['rows']} | {b['metric']} | {b['a']:.4f} | {b['b']:.4f} | {b['delta']:+.4f} | "
                          f"[{b['lo']:+.4f}, {b['hi']:+.4f}] | {b['p_b_better']:.2f} | {b['rows_changed']} |")
     return lines + ['', '![GRPO](../rl/grpo.png)', '', '![rewards before and after RL](../rl/reward_distributions.png)', '']
+
+# %% ../nbs/09_evaluate.ipynb #94a5ce6b
+GENERATIVE = ('MiniOneRec SFT', 'MiniOneRec SFT+RL')   # the generative rows of a report, in stage order
+
+def rank_table(results:dict) -> pd.DataFrame:
+    "`row`, `target` and one column of 1-based ranks (0 = not in the list) per `EvalResult` of `results`; all must share rows and targets."
+    rs = {n: r for n, r in results.items() if isinstance(r, EvalResult)}
+    if not rs: raise ValueError('rank_table needs at least one EvalResult')
+    (n0, r0), *rest = rs.items()
+    for n, r in rest:
+        if r.split != r0.split or not (np.array_equal(r.rows, r0.rows) and np.array_equal(r.targets, r0.targets)):
+            raise ValueError(f'rank_table: {n!r} was scored on other rows than {n0!r} ({r.split}: {len(r.rows)} rows, {r0.split}: {len(r0.rows)} rows)')
+    return pd.DataFrame({'row': np.asarray(r0.rows, np.int64), 'target': np.asarray(r0.targets, np.int64),
+                         **{n: np.asarray(r.ranks, np.int64) for n, r in rs.items()}})
+
+def bootstrap_pairs(names, generative=GENERATIVE) -> list[tuple]:
+    "`(a, b)` pairs (b is judged against a): each generative row against every other model, then against the generative row before it."
+    gen = [g for g in generative if g in names]
+    return [(o, g) for g in gen for o in names if o not in generative and o not in ('row', 'target')] + list(zip(gen, gen[1:]))
+
+def bootstrap_table(ranks:pd.DataFrame, pairs, metrics=(('NDCG', 10), ('HR', 10)), list_len:dict|None=None,
+                    n_boot:int=2000, seed:int=0) -> list[dict]:
+    """`paired_bootstrap` of every pair `(a, b)` of `ranks` columns and (metric, K), K capped at both list lengths: one dict each,
+    `{'model': b, 'vs': a, 'metric', 'a': mean of a, 'b': mean of b, 'delta': b - a, 'lo', 'hi', 'ratio': b / a, 'ratio_lo', 'ratio_hi', ...}`."""
+    missing = sorted({x for p in pairs for x in p} - set(ranks.columns))
+    if missing: raise ValueError(f'bootstrap_table: no ranks for {missing}; columns are {list(ranks.columns)}')
+    out = []
+    for a, b in pairs:
+        for m, k in metrics:
+            k = min([k] + [int(list_len[x]) for x in (a, b) if list_len and x in list_len])
+            out.append({'model': b, 'vs': a, **paired_bootstrap(ranks[a].to_numpy(), ranks[b].to_numpy(), m, k, n_boot=n_boot, seed=seed)})
+    return out
+
+def bootstrap_lines(table:list[dict], title:str='Paired bootstrap: every generative row against every baseline') -> list[str]:
+    "Markdown of `bootstrap_table`: means, difference (model - vs), its 95% interval, ratio of means with its interval, P(model better)."
+    f = lambda x, fmt: '-' if x is None else format(x, fmt)
+    lines = [f'## {title}', '', 'Identical rows and metric code for every model; the difference of the means (model - vs) with its 95% '
+             'paired-bootstrap interval over rows (the same resamples for every pair), the ratio of the means with its interval, and the '
+             'share of resamples in which the model is better. An interval above 0 is a win beyond row-sampling noise.', '',
+             '| model | vs | metric | mean (model) | mean (vs) | difference | 95% interval | ratio | ratio interval | P(better) | rows |',
+             '|---|---|---|---:|---:|---:|---|---:|---|---:|---:|']
+    for t in table:
+        lines.append(f"| {t['model']} | {t['vs']} | {t['metric']} | {t['b']:.4f} | {t['a']:.4f} | {t['delta']:+.4f} | [{t['lo']:+.4f}, {t['hi']:+.4f}] | "
+                     f"{f(t['ratio'], '.3f')} | [{f(t['ratio_lo'], '.3f')}, {f(t['ratio_hi'], '.3f')}] | {t['p_b_better']:.2f} | {t['rows']} |")
+    return lines + ['']
 
 # %% ../nbs/09_evaluate.ipynb #aa863512
 def _summary(v) -> dict:

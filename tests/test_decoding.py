@@ -169,3 +169,67 @@ def test_processor_detects_prompt_width(setup):
     assert (trie.items_of(outs[0][:, ids.shape[1]:]) >= 0).all()
     used = SIDConstraintProcessor(trie, ids.shape[1] + 2)
     with pytest.raises(ValueError, match='fewer than the prompt width'): used(ids, torch.zeros(3, len(tok)))
+
+# --- encoder-decoder (T5, as TIGER uses): encoder once per user, decoder beams over the trie from the start token ---
+def sid_tokenizer(index):
+    from tokenizers import Regex
+    vocab = {t: i for i, t in enumerate(['<pad>', '</s>', '<unk>'] + index.vocab())}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token='<unk>'))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r'<[^<>]*>|[^<>]+'), behavior='isolated')
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token='<pad>', eos_token='</s>', unk_token='<unk>')
+
+def sid_prompts(index, rng, n, hist=(1, 4)):
+    ps, ts = [], []
+    for _ in range(n):
+        h = rng.integers(0, index.n_items, rng.integers(*hist)).tolist()
+        ps.append(''.join(index.sid(i) for i in h)); ts.append(int(rng.zipf(1.5) * (len(h) * 5 + 1)) % index.n_items)
+    return ps, ts
+
+@pytest.fixture(scope='module')
+def t5_setup():
+    from transformers import T5Config, T5ForConditionalGeneration
+    index = mixed_index(1)
+    tok = sid_tokenizer(index)
+    torch.manual_seed(0); rng = np.random.default_rng(0)
+    cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4, dropout_rate=0.0,
+                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id)
+    model = T5ForConditionalGeneration(cfg); opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(80):
+        ps, ts = sid_prompts(index, rng, 16)
+        enc = tok(ps, return_tensors='pt', padding=True)
+        lab = tok([index.sid(t) + tok.eos_token for t in ts], return_tensors='pt', padding=True)['input_ids']
+        lab = lab.masked_fill(lab == tok.pad_token_id, -100)
+        loss = model(**enc, labels=lab).loss; opt.zero_grad(); loss.backward(); opt.step()
+    return index, tok, SIDTrie.from_index(index, tok), model.eval()
+
+def test_encoder_decoder_paths_agree(t5_setup):
+    index, tok, trie, model = t5_setup
+    prompts, _ = sid_prompts(index, np.random.default_rng(1), 10, hist=(1, 9))
+    a = constrained_generate(model, tok, prompts, trie, num_beams=16, batch_size=4)
+    b = sid_beam_search(model, tok, prompts, trie, num_beams=16, batch_size=3)
+    assert torch.equal(a.items, b.items) and torch.equal(a.sequences, b.sequences)
+    assert torch.allclose(a.scores, b.scores, atol=1e-4)
+    assert ((b.items >= 0) & (b.items < index.n_items)).all() and b.n_duplicates() == 0
+    assert (b.scores[:, :-1] >= b.scores[:, 1:]).all()
+    dec = items_from_text([tok.decode([t for t in s.tolist() if t >= 0]) for s in b.sequences.reshape(-1, b.sequences.shape[-1])], index)
+    assert dec == b.items.reshape(-1).tolist()
+    # a user's list does not depend on who else is in the batch (encoder padding is masked)
+    one = sid_beam_search(model, tok, prompts[3:4], trie, num_beams=16)
+    assert torch.equal(one.items[0], b.items[3]) and torch.allclose(one.scores[0], b.scores[3], atol=1e-4)
+
+def test_encoder_decoder_deterministic_and_small_catalogue(t5_setup):
+    index, tok, trie, model = t5_setup
+    prompts, _ = sid_prompts(index, np.random.default_rng(2), 4)
+    ref = sid_beam_search(model, tok, prompts, trie, num_beams=8)
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(do_sample=True, top_k=3, temperature=3.0, decoder_start_token_id=tok.pad_token_id,
+                                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    try:
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            assert torch.equal(constrained_generate(model, tok, prompts, trie, num_beams=8).items, ref.items)
+    finally: model.generation_config = saved
+    small = SIDTrie.from_index(SIDIndex(index.codes[[5, 6, 7]]), tok)
+    a = recommend(model, tok, prompts, None, num_beams=5, method='generate', trie=small)
+    b = recommend(model, tok, prompts, None, num_beams=5, method='beam', trie=small)
+    assert torch.equal(a.items, b.items) and (b.items[:, 3:] == -1).all() and sorted(b.items[0, :3].tolist()) == [0, 1, 2]

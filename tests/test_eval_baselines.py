@@ -90,3 +90,95 @@ def test_popularity_reproduces_reference(amazon_root):
     assert round(alt['HR@10'], 4) == 0.0690
     ex = decoded_examples(res, data, n=3)
     assert len(ex) == 3 and ex['history'].str.len().min() > 0
+
+
+# --- MF and TIGER ---
+from minionerec.baselines import MF, MFConfig, train_mf, seq_loss
+from minionerec.core import ConfigError
+from minionerec.sid import SIDIndex
+
+
+def random_index(n_items, seed=0):
+    "Unique random 3-level SIDs (no semantics) for `n_items` <= 50 items."
+    perm = np.random.default_rng(seed).permutation(n_items)
+    return SIDIndex(np.stack([perm // 10, (perm // 2) % 5, perm % 2], 1))
+
+
+@pytest.mark.parametrize('loss', ['softmax', 'bpr'])
+def test_mf_learns_and_scores_unseen_users(loss):
+    torch.set_num_threads(1)
+    data = planted_data(n_users=150, n_items=40, seed=4)
+    model, hist = train_mf(data, MFConfig.tiny().replace(loss=loss, epochs=15, patience=5))
+    ranked = seq_ranking(model, data, 'test', k=40)
+    assert count_duplicates(ranked) == 0 and count_invalid(ranked, 40) == 0
+    pop = evaluate_popularity(data, 'test', k=40, ks=(10,))
+    assert rank_metrics(ranked, data.splits['test'].target.values, ks=(10,))['HR@10'] > pop.metrics['HR@10'] + 0.1
+    assert hist['valid_NDCG@10'].notna().all() and hist['loss'].iloc[-1] < hist['loss'].iloc[0]
+    # item-based: a history of items never seen together (a user without train rows) still gets a ranking from its items
+    x = torch.tensor([[3, 7, 0]])
+    h = model(x)[0, 1]
+    torch.testing.assert_close(h[:-1], (model.item_emb.weight[3] + model.item_emb.weight[7]) / 2)
+    with pytest.raises(ValueError, match="'softmax' or 'bpr'"): seq_loss(model, model(x), torch.tensor([[1, -100, -100]]), 'hinge')
+
+
+def test_tiger_learns_planted_pattern_with_valid_selection():
+    from minionerec.tiger import TIGERConfig, train_tiger, tiger_ranking, evaluate_tiger
+    torch.set_num_threads(1)
+    data = planted_data(n_users=150, n_items=40, seed=5)
+    index = random_index(40, seed=5)
+    cfg = TIGERConfig.tiny().replace(epochs=16, patience=4)
+    tiger, hist = train_tiger(data, index, cfg)
+    res = evaluate_tiger(tiger, data, 'test', num_beams=20, ks=(1, 10, 20))
+    pop = evaluate_popularity(data, 'test', k=20, ks=(10,))
+    assert res.metrics['HR@10'] > pop.metrics['HR@10'] + 0.25 and res.metrics['NDCG@10'] > 2 * pop.metrics['NDCG@10'], (res, pop)
+    assert (res.n_invalid, res.n_duplicates, res.n_empty) == (0, 0, 0)
+    assert ((res.ranked >= 0) & (res.ranked < 40)).all()
+    # the kept model is the best validation epoch
+    v = hist['valid_NDCG@10'].dropna()
+    assert len(v) >= 2 and len(hist) <= cfg.epochs
+    from minionerec.evaluate import select_rows
+    vrows = select_rows(len(data.splits['valid']), cfg.valid_max_users, cfg.seed)
+    again = rank_metrics(tiger_ranking(tiger, data, 'valid', cfg.valid_beams, vrows), data.splits['valid'].target.values[vrows], ks=(10,))
+    assert again['NDCG@10'] == pytest.approx(v.max(), abs=1e-9)
+
+
+def test_tiger_inputs_and_config_errors():
+    from minionerec.tiger import TIGERConfig, tiger_examples, encode_examples, sid_tokenizer, history_prompts, train_tiger, build_tiger
+    df = pd.DataFrame({'user_id': ['u', 'u'], 'history': [[1, 2], [1, 2, 3]], 'target': [3, 4]})
+    assert tiger_examples(df, 'row') == ([[1, 2], [1, 2, 3]], [3, 4])
+    assert tiger_examples(df, 'prefix') == ([[1], [1, 2], [1, 2, 3]], [2, 3, 4])    # duplicates within a user dropped
+    index = random_index(10)
+    tok = sid_tokenizer(index)
+    x, am, lab = encode_examples([[0, 1, 2]] * 2 + [[9] * 12], [3, 4, 5], index, tok, max_hist=10)
+    assert x.shape == (3, 30) and am[2].sum() == 30                                   # only the last 10 items are read
+    assert tok.convert_ids_to_tokens(x[0, :3].tolist()) == index.tokens(0)          # oldest first
+    assert (lab[:, :3] >= 3).all() and (lab[:, 3] == tok.eos_token_id).all()
+    assert history_prompts([[4, 5]], index, max_hist=1) == [index.sid(5)]
+    # the recency of every token's item, right- or left-padded: 0 = the last item
+    model = build_tiger(TIGERConfig.tiny(), tok, index)
+    assert model.item_recency(x[:1, :9]).tolist() == [[2, 2, 2, 1, 1, 1, 0, 0, 0]]
+    left = torch.cat([torch.zeros(1, 2, dtype=torch.long), x[:1, :6]], 1)
+    assert model.item_recency(left)[:, 2:].tolist() == [[1, 1, 1, 0, 0, 0]]                 # (padding: masked anyway)
+    with pytest.raises(ValueError, match='no recency embedding'): build_tiger(TIGERConfig.paper(), tok, index).item_recency(x)
+    for bad in (dict(valid_metric='NDCG@50', valid_beams=20), dict(valid_metric='MRR'), dict(dropout=1.0), dict(valid_max_users=0)):
+        with pytest.raises(ConfigError): TIGERConfig(**bad)
+    with pytest.raises(ValueError, match='SID index has 10 items'): train_tiger(planted_data(n_users=5, n_items=12), index, TIGERConfig.tiny())
+
+
+def test_compare_baselines_on_given_rows_with_tiger_and_mf(tmp_path):
+    from minionerec.tiger import TIGERConfig
+    torch.set_num_threads(1)
+    data = planted_data(n_users=60, n_items=30, seed=6)
+    rows = np.array([1, 4, 9, 30, 59])
+    res = compare_baselines(data, tmp_path, sasrec=SASRecConfig.tiny().replace(epochs=1), gru4rec=False, k=30, ks=(5, 10),
+                            mf=MFConfig.tiny().replace(epochs=1), tiger=TIGERConfig.tiny().replace(epochs=1), index=random_index(30, 6),
+                            rows=rows, tiger_beams=12)
+    assert list(res) == ['Popularity', 'MF', 'SASRec', 'TIGER']
+    js = json.loads((tmp_path/'metrics.json').read_text())
+    for name, r in res.items():
+        assert r.rows.tolist() == rows.tolist() and js[name]['rows'] == 5 and js[name]['invalid'] == 0 and js[name]['duplicates'] == 0
+        assert r.targets.tolist() == data.splits['test'].target.values[rows].tolist()
+    assert js['TIGER']['list_len'] == 12 and js['MF']['list_len'] == 30
+    assert len(res['TIGER'].train_history) == 1 and len(res['MF'].train_history) == 1
+    with pytest.raises(ValueError, match='needs the SID index'):
+        compare_baselines(data, None, sasrec=False, gru4rec=False, tiger=TIGERConfig.tiny())

@@ -169,3 +169,61 @@ def test_sft_selects_on_validation_ndcg(tiny_run, tmp_path):
     assert abs(done['best_value'] - nd.value.max()) < 1e-9
     r = cli('sft', '--config', 'tiny', '--run-dir', str(copy), '--set', 'sft.monitor=NDCG@50', '--set', 'select_beams=20')
     assert r.returncode == 2 and 'select_beams' in r.stderr, r.stderr[-2000:]
+
+# ---------------------------------------------------------------- the report's paired bootstrap against the baselines
+
+def _ranks(path):
+    import pandas as pd
+    return pd.read_csv(path)
+
+def test_report_bootstraps_every_generative_row_against_every_baseline(tiny_run):
+    "Per-row ranks of every model on the identical rows; the report's table covers each (generative, baseline) pair and RL vs SFT."
+    from minionerec.evaluate import bootstrap_table, bootstrap_pairs
+    run, _ = tiny_run
+    ev, rl = _ranks(run/'evaluate'/'ranks.csv'), _ranks(run/'rl'/'ranks.csv')
+    metrics = json.loads((run/'evaluate'/'metrics.json').read_text())
+    base = ['Popularity', 'MF', 'SASRec', 'TIGER']                      # the tiny preset's baselines (GRU4Rec off)
+    assert list(ev.columns) == ['row', 'target', 'MiniOneRec SFT'] + base and list(metrics) == ['MiniOneRec SFT'] + base
+    assert list(rl.columns) == ['row', 'target', 'MiniOneRec SFT', 'MiniOneRec SFT+RL']
+    assert ev['row'].equals(rl['row']) and ev['target'].equals(rl['target']) and ev['row'].is_unique
+    assert len(ev) == metrics['MiniOneRec SFT']['rows'] > 0
+    comps = json.loads((run/'report'/'comparisons.json').read_text())
+    assert (comps['split'], comps['rows'], comps['seed'], comps['rl_sft_rows_differ']) == ('test', len(ev), 42, 0)
+    gen = ['MiniOneRec SFT', 'MiniOneRec SFT+RL']
+    want = [(g, b, m) for g in gen for b in base for m in ('NDCG@10', 'HR@10')] + [(gen[1], gen[0], m) for m in ('NDCG@10', 'HR@10')]
+    assert [(t['model'], t['vs'], t['metric']) for t in comps['table']] == want
+    rl_metrics = json.loads((run/'rl'/'metrics.json').read_text())
+    for t in comps['table']:
+        assert t['rows'] == len(ev) and t['lo'] <= t['delta'] <= t['hi']
+        for side, name in (('b', t['model']), ('a', t['vs'])):   # the same metric code as the results table
+            assert abs(t[side] - {**metrics, **rl_metrics}[name][t['metric']]) < 1e-9, (name, t['metric'])
+    # the SFT+RL vs SFT rows are the rl stage's own bootstrap on the test split (same rows, seed and resamples)
+    own = json.loads((run/'rl'/'comparison.json').read_text())['bootstrap']['test'][0]
+    assert {k: v for k, v in comps['table'][-2].items() if k in own} == own
+    # seeded: recomputing from the saved ranks gives the identical table
+    ranks = ev.assign(**{'MiniOneRec SFT+RL': rl['MiniOneRec SFT+RL']})
+    again = bootstrap_table(ranks, bootstrap_pairs(list(ranks.columns)), list_len={n: 10 for n in gen + base}, seed=42)
+    assert again == comps['table']
+    report = (run/'report'/'report.md').read_text()
+    assert '## Paired bootstrap: every generative row against every baseline' in report
+    assert '| MiniOneRec SFT+RL | SASRec | NDCG@10 |' in report
+    assert json.loads((run/'report'/'DONE.json').read_text())['metrics']['comparisons'] == comps['table']
+
+def test_report_interval_above_zero_for_a_model_better_on_every_row(tiny_run, tmp_path):
+    "Constructed case through the report stage: an SFT+RL that ranks every target first beats SFT and every baseline beyond noise."
+    import shutil
+    run, _ = tiny_run
+    copy = tmp_path/'run'; shutil.copytree(run, copy)
+    rl = _ranks(copy/'rl'/'ranks.csv'); rl['MiniOneRec SFT+RL'] = 1
+    rl.to_csv(copy/'rl'/'ranks.csv', index=False)
+    r = cli('report', '--config', 'tiny', '--run-dir', str(copy))
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = json.loads((copy/'report'/'comparisons.json').read_text())['table']
+    better = [t for t in table if t['model'] == 'MiniOneRec SFT+RL']
+    assert len(better) == 10
+    for t in better:
+        assert t['b'] == 1.0 and t['lo'] > 0 and t['p_b_better'] == 1.0, t
+    # ranks of other rows are refused with a clear error, never silently joined
+    rl['row'] = rl['row'] + 1; rl.to_csv(copy/'rl'/'ranks.csv', index=False)
+    r = cli('report', '--config', 'tiny', '--run-dir', str(copy))
+    assert r.returncode == 2 and 'rl/ranks.csv holds other rows than' in r.stderr, r.stderr[-2000:]

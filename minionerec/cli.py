@@ -14,9 +14,10 @@ from .pipeline import STAGE_NAMES, run_pipeline
 from .presets import load_config, plan_run
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'add_download_parser', 'download_command', 'build_parser', 'error_line', 'run_command', 'main']
+__all__ = ['USER_ERRORS', 'add_download_parser', 'download_command', 'prepare_summary', 'build_parser', 'error_line',
+           'run_command', 'main']
 
-# %% ../nbs/13a_cli.ipynb #d0d996a7
+# %% ../nbs/13a_cli.ipynb #1c9837d3
 def add_download_parser(sub):
     "The `download NAME` subcommand."
     p = sub.add_parser('download', help='download a published dataset (industrial, office) into $MINIONEREC_DATA, the cache or --dest')
@@ -34,6 +35,19 @@ def download_command(args) -> int:
     dest = Path(args.dest or os.environ.get(DATA_ENV) or cache_dir()/'data')
     data = download_published(args.name, dest, base_url=args.base_url or PUBLIC_BASE_URL, overwrite=args.force)
     print(f'{data.summary()}\nin {data.root}\nuse it: --set data.source=published --set data.path={dest} --set data.name={data.name}')
+    return 0
+
+def prepare_summary(m:dict) -> str:
+    "The prepare stage's numbers as a few lines: sizes, then the count after each protocol step."
+    lines = [f"{m.get('name', 'data')}: {m['items']:,} items, {m['users']:,} users; samples train {m['train_samples']:,} / valid {m['valid_samples']:,} / test {m['test_samples']:,}"]
+    c = m.get('counts')
+    if c:
+        steps = [(k.removeprefix('after_').replace('_', ' '), v) for k, v in c.items() if k.startswith('after_')]
+        first = c.get('events', c.get('reviews'))
+        lines.append('interactions: ' + ' -> '.join([f'{first:,} read'] + [f'{v:,} after {k}' for k, v in steps]) + f" ({c['k_core_rounds']} k-core rounds)")
+        drop = c.get('items_dropped', c.get('meta_items_dropped'))
+        if drop: lines.append('items dropped: ' + (', '.join(f'{v:,} {k}' for k, v in drop.items() if v) or 'none'))
+    return '\n'.join(lines)
 
 # %% ../nbs/13a_cli.ipynb #4d1aff97
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ notebooks read them with paths relative to `nbs/` and re-plot them, so the figur
 import shutil, sys
 from pathlib import Path
 
-FILES = ['resolved_config.yaml', 'report/report.md', 'report/results.md', 'evaluate/metrics.json', 'sft/history.csv', 'sft/DONE.json',
+FILES = ['resolved_config.yaml', 'report/report.md', 'report/results.md', 'report/comparisons.json', 'evaluate/metrics.json', 'sft/history.csv', 'sft/DONE.json',
          'sid/sid_report.json', 'rl/history.csv', 'rl/evals.csv', 'rl/comparison.json', 'rl/reward_values.csv.gz',
          'rl/reward_distributions.csv', 'rl/DONE.json', 'rl/grpo.yaml', 'rl/reward.yaml']
 

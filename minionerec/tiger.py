@@ -42,7 +42,7 @@ def history_prompts(histories, index, max_hist:int=10) -> list[str]:
         out.append(''.join(index.sid(int(i)) for i in h))
     return out
 
-# %% ../nbs/10a_tiger.ipynb #374fee0a
+# %% ../nbs/10a_tiger.ipynb #f751b456
 @dataclass
 class TIGERConfig(Config):
     "TIGER model and training settings (defaults: the paper's architecture, AdamW + cosine, early stopping on valid NDCG@10)."
@@ -83,6 +83,7 @@ class TIGERConfig(Config):
     @classmethod
     def paper(cls): return cls(recency=False)
 
+# %% ../nbs/10a_tiger.ipynb #064e7bc6
 class _RecencyEncoder:
     "What `TIGERModel.get_encoder()` returns: the T5 encoder called through `TIGERModel.encode` (not a registered submodule)."
     main_input_name = 'input_ids'
@@ -120,6 +121,7 @@ class TIGERModel(T5ForConditionalGeneration):
         if encoder_outputs is None and input_ids is not None: encoder_outputs = self.encode(input_ids=input_ids, attention_mask=attention_mask)
         return super().forward(attention_mask=attention_mask, encoder_outputs=encoder_outputs, **kwargs)
 
+# %% ../nbs/10a_tiger.ipynb #b706c102
 def build_tiger(cfg:TIGERConfig, tokenizer, index) -> TIGERModel:
     "A randomly initialised `TIGERModel` (T5, ReLU MLP, tied embeddings) over `tokenizer`'s vocabulary for `index`'s SIDs."
     first = sorted({tokenizer.convert_tokens_to_ids(index.tokens(i)[0]) for i in range(index.n_items)})
@@ -194,7 +196,7 @@ def _valid_metrics(tiger, data, cfg, rows) -> dict:
     k = int(cfg.valid_metric.split('@')[1])
     return rank_metrics(ranked, data.splits['valid']['target'].to_numpy(np.int64)[rows], ks=sorted({10, k}))
 
-# %% ../nbs/10a_tiger.ipynb #ed7f0237
+# %% ../nbs/10a_tiger.ipynb #7dd7f05f
 def length_batches(lengths, batch_size:int, gen:torch.Generator, window:int=50) -> list[torch.Tensor]:
     "Shuffled batches of indices of similar `lengths`: shuffle, sort within windows of `window` batches, shuffle the batches."
     perm = torch.randperm(len(lengths), generator=gen)
@@ -203,6 +205,7 @@ def length_batches(lengths, batch_size:int, gen:torch.Generator, window:int=50) 
         out += list(chunk[torch.sort(lengths[chunk], stable=True).indices].split(batch_size))
     return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
 
+# %% ../nbs/10a_tiger.ipynb #cea1cf6e
 def train_tiger(data, index, cfg:TIGERConfig|None=None) -> tuple[TIGER, pd.DataFrame]:
     "Train TIGER on `data.splits['train']`, keep the epoch with the best valid `cfg.valid_metric`; returns `(TIGER, history)`."
     cfg = cfg or TIGERConfig(); set_seed(cfg.seed); log = get_logger('minionerec.tiger')

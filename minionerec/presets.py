@@ -26,7 +26,7 @@ from .train import batch_plan, precision_plan
 # %% auto #0
 __all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
-# %% ../nbs/13b_presets.ipynb #cf243b00
+# %% ../nbs/13b_presets.ipynb #96e6f65b
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
 def preset(name:str) -> PipelineConfig:
@@ -59,7 +59,7 @@ def preset(name:str) -> PipelineConfig:
                                                 sid_init='embedding', dropout=0.2),
                               tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact'), max_valid_examples=1000,
                               select_users=1000, select_beams=20,
-                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=5, monitor='NDCG@10',
+                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=0, monitor='NDCG@10',
                                             global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=15, patience=4)),

@@ -224,7 +224,10 @@ def test_an_internal_error_is_one_line_pointing_at_debug(tmp_path):
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     code = 'import sys; from minionerec.cli import main; sys.exit(main())'
     p = subprocess.Popen([sys.executable, '-c', code, 'pipeline', '--config', 'tiny', '--run-dir', str(tmp_path/'run')],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, 'PYTHONUNBUFFERED': '1'})
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, 'PYTHONUNBUFFERED': '1'},
+                         # a terminal's Ctrl-C: SIGINT at its default (a background job of a non-interactive shell, as CI
+                         # scripts run it, inherits SIGINT ignored, and the test would not be testing anything)
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in p.stderr:                                 # interrupt SFT in the middle of its training
         lines.append(line)

@@ -3,7 +3,8 @@
 A run directory that holds `prepare/`, `embed/` and `sid/` (e.g. `minionerec pipeline --config demo --set
 'stages=[prepare,embed,sid]' --run-dir runs/demo`) is reused; each call trains one SFT variant of the generative
 model and appends one JSON line to `--out` with validation NDCG@10 / HR@10 (constrained beam search), the number of
-updates and the wall time. Chapter 07a ("What makes a small generative recommender work") reads these lines.
+updates and the wall time. Chapter 10b ("The recipe: beating SASRec") shows these lines, each with a one-line
+description of its lever, from nbs/results/recipe/levers.jsonl.
 
     OMP_WAIT_POLICY=PASSIVE python bench/recipe.py --run runs/demo --tag compact --prompt compact --epochs 16
     OMP_WAIT_POLICY=PASSIVE python bench/recipe.py --run runs/demo --tag mix --mix rec+title2sid+sid2title

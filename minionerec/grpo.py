@@ -15,9 +15,9 @@ from .train import Schedule
 
 # %% auto #0
 __all__ = ['GRPOConfig', 'process_plan', 'group_advantages', 'completion_logprobs', 'kl_k3', 'loss_terms', 'grpo_loss', 'Rollout',
-           'generate_rollouts', 'sid_completions', 'build_batch']
+           'generate_rollouts', 'guide_groups', 'sid_completions', 'build_batch']
 
-# %% ../nbs/12_grpo.ipynb #f54d1b8a
+# %% ../nbs/12_grpo.ipynb #0be11add
 @dataclass
 class GRPOConfig(Config):
     "GRPO on constrained-beam groups (see the chapter for what each option does)."
@@ -39,6 +39,8 @@ class GRPOConfig(Config):
     adv_eps: float = 1e-4              # added to the group std
     loss_agg: Literal['sequence-mean', 'token-mean', 'dr_grpo'] = 'sequence-mean'  # how per-token losses are averaged
     filter_groups: bool = False        # drop groups whose candidates all got the same reward (zero advantage: only KL left) from the loss and its denominator, and skip their forward/backward
+    guide: Literal['none', 'target'] = 'none'  # 'target': a group whose beams miss the example's target gets it in its last slot (off-policy guidance)
+    dropout: float = 0.0               # dropout in the policy's training forward passes (as SFT's `model.dropout`); rollouts, KL reference and validation run without
     include_eos: bool = True           # score the EOS that ends every SFT target as part of the completion
     tasks: tuple[str, ...] = ('rec', 'title2sid', 'desc2sid', 'title_hist2sid')  # RL tasks (see `rl_examples`)
     beam_batch_size: int = 8           # prompts per constrained beam-search call (rollouts and validation)
@@ -58,7 +60,7 @@ class GRPOConfig(Config):
     @property
     def eps_high(self) -> float: return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
 
-# %% ../nbs/12_grpo.ipynb #015c1413
+# %% ../nbs/12_grpo.ipynb #70eac024
 from .tasks import RL_TASKS, rl_examples   # RL prompts are built in `05_tasks`, with the SFT prompt policy
 
 @patch
@@ -72,7 +74,8 @@ def validate(self:GRPOConfig):
     if self.max_steps is not None and self.max_steps < 1: raise ConfigError(f'GRPOConfig.max_steps must be >= 1 or None, got {self.max_steps}')
     if not 0 <= self.clip_eps < 1: raise ConfigError(f'GRPOConfig.clip_eps must be in [0, 1), got {self.clip_eps}')
     if self.beta < 0: raise ConfigError(f'GRPOConfig.beta must be >= 0, got {self.beta}')
-    self.check_fields(lr='>0', weight_decay='>=0', warmup_ratio='[0,1)', max_grad_norm='>=0', clip_eps_high='>=0', adv_eps='>0',
+    if self.guide not in ('none', 'target'): raise ConfigError(f"GRPOConfig.guide must be 'none' or 'target', got {self.guide!r}")
+    self.check_fields(dropout='[0,1)', lr='>0', weight_decay='>=0', warmup_ratio='[0,1)', max_grad_norm='>=0', clip_eps_high='>=0', adv_eps='>0',
                       eval_every='>=0', eval_max_users='>=1', max_minutes='>0', seed='>=0')
     if not self.tasks: raise ConfigError('GRPOConfig.tasks must name at least one task')
     bad = [t for t in self.tasks if t not in RL_TASKS]
@@ -192,7 +195,17 @@ def generate_rollouts(model, tokenizer, examples:list, trie, num_generations:int
     finally: model.train(was_training)
     return Rollout.from_examples(examples, np.asarray(out.items), np.asarray(out.scores))
 
-# %% ../nbs/12_grpo.ipynb #0352698e
+# %% ../nbs/12_grpo.ipynb #2a78f6b6
+def guide_groups(rollout:Rollout) -> Rollout:
+    "A copy of `rollout` whose groups that miss their target get it in the last slot (beam score NaN there); `guided` (B,) marks them."
+    miss = ~rollout.hit
+    items = rollout.items.copy(); items[miss, -1] = rollout.targets[miss]
+    scores = None if rollout.scores is None else np.where(miss[:, None] & (np.arange(items.shape[1]) == items.shape[1] - 1), np.nan, rollout.scores)
+    out = Rollout(rollout.prompts, rollout.targets, items, rollout.tasks, rollout.histories, scores)
+    out.guided = miss
+    return out
+
+# %% ../nbs/12_grpo.ipynb #70240f0a
 def sid_completions(index, tokenizer, include_eos:bool=True) -> tuple[torch.Tensor, torch.Tensor]:
     "Completion token ids of every item (N, L) right-padded, and their lengths (N,): the SFT target `sid + [eos]`."
     eos, pad = eos_id(tokenizer), pad_id(tokenizer)
@@ -202,12 +215,12 @@ def sid_completions(index, tokenizer, include_eos:bool=True) -> tuple[torch.Tens
     for i, s in enumerate(seqs): ids[i, :len(s)] = torch.tensor(s)
     return ids, torch.tensor([len(s) for s in seqs])
 
-def build_batch(rollout:Rollout, tokenizer, completions:tuple, cfg:GRPOConfig, reward_cfg:RewardConfig|None=None, scorer=None) -> dict:
+def build_batch(rollout:Rollout, tokenizer, completions:tuple, cfg:GRPOConfig, reward_cfg:RewardConfig|None=None, scorer=None, codes=None) -> dict:
     "Rewards, advantages and (B*G)-row tensors of a rollout; rows of dropped groups (`miss='skip'`, `filter_groups`) get a zero `loss_mask`."
     items = rollout.items
     if (items < 0).any(): raise ValueError(f'{int((items < 0).sum())} empty beam slots: the catalogue allows fewer than G={items.shape[1]} distinct items for some prompt')
     B, G = items.shape
-    scored = score_groups(items, rollout.targets, reward_cfg or RewardConfig(), scorer=scorer, histories=rollout.histories)
+    scored = score_groups(items, rollout.targets, reward_cfg or RewardConfig(), scorer=scorer, histories=rollout.histories, codes=codes)
     adv = group_advantages(torch.from_numpy(scored['total']), cfg.adv_eps, cfg.adv_scale)        # (B, G)
     p_ids, p_mask = left_pad(prompt_ids(tokenizer, rollout.prompts), pad_id(tokenizer))      # (B, P)
     c_all, c_len = completions
@@ -215,7 +228,7 @@ def build_batch(rollout:Rollout, tokenizer, completions:tuple, cfg:GRPOConfig, r
     c_ids = c_all[flat]                                                                         # (B*G, L)
     c_mask = (torch.arange(c_ids.shape[1])[None] < c_len[flat][:, None]).long()
     keep = scored['keep']
-    if cfg.filter_groups: keep = keep & (scored['total'].max(1) > scored['total'].min(1))        # groups with a learning signal
+    if cfg.filter_groups: keep = keep & scored['informative']                                   # groups with a learning signal
     keep = torch.from_numpy(keep).repeat_interleave(G)                                          # (B*G,)
     return {'prompt_ids': p_ids.repeat_interleave(G, 0), 'prompt_mask': p_mask.repeat_interleave(G, 0),
             'completion_ids': c_ids, 'completion_mask': c_mask, 'loss_mask': c_mask * keep[:, None].long(),

@@ -16,7 +16,7 @@ _all_ = ['sasrec_scorer']
 
 # %% auto #0
 __all__ = ['RewardFn', 'MissPolicy', 'REWARD_FNS', 'batch_rewards', 'rule_reward', 'rank_discounts', 'rank_penalty',
-           'collaborative_reward', 'RewardConfig', 'score_groups', 'total_reward', 'rewards_frame',
+           'collaborative_reward', 'prefix_credit', 'RewardConfig', 'score_groups', 'total_reward', 'rewards_frame',
            'plot_reward_distributions', 'sasrec_scorer']
 
 # %% ../nbs/11_rewards.ipynb #b5b8833c
@@ -78,7 +78,20 @@ def collaborative_reward(candidates:Sequence[int], target:int, *, scorer:Callabl
     e = np.where(valid, np.exp(s - s[valid].max()), 0.0)
     return [float(v) for v in e / e.sum()]
 
-# %% ../nbs/11_rewards.ipynb #10135bd5
+# %% ../nbs/11_rewards.ipynb #c8134d4e
+def prefix_credit(candidates, targets, codes, credit=(0.2, 0.5)) -> np.ndarray:
+    "(B, G) credit of each wrong candidate for the SID levels it shares with its group's target: `credit[l-1]` for `l` shared leading levels (deeper levels reuse the last value), 0 for none and for the target itself."
+    c = np.asarray(candidates, dtype=np.int64); t = np.asarray(targets, dtype=np.int64).reshape(-1)
+    codes = np.asarray(codes)
+    if c.ndim != 2 or len(t) != len(c): raise ValueError(f'prefix_credit needs candidates (B, G) and targets (B,), got {c.shape} and {t.shape}')
+    if not len(credit): raise ValueError('prefix_credit needs at least one credit value')
+    L = codes.shape[1]
+    shared = np.cumprod(codes[np.where(c >= 0, c, 0)] == codes[t][:, None, :], -1).sum(-1)     # (B, G) leading levels in common
+    table = np.zeros(L + 1, np.float32)
+    for l in range(1, L): table[l] = credit[min(l, len(credit)) - 1]                            # table[L] = 0: the exact item
+    return np.where(c >= 0, table[shared], 0.0).astype(np.float32)
+
+# %% ../nbs/11_rewards.ipynb #c65c9577
 @dataclass
 class RewardConfig(Config):
     "Which reward components GRPO optimizes and how they are weighted."
@@ -87,11 +100,15 @@ class RewardConfig(Config):
     collab: float = 0.0          # weight of the collaborative (frozen SASRec) reward; see the reward-hacking note
     miss: MissPolicy = 'zero'    # what the rank penalty does when the target is not among the G candidates
     collab_temperature: float = 1.0  # softmax temperature of the collaborative reward
+    prefix: float = 0.0          # weight of the prefix partial credit (wrong items sharing the target's leading SID levels)
+    prefix_credit: tuple[float, ...] = (0.2, 0.5)  # credit for 1, 2, ... shared leading levels (deeper levels reuse the last)
 
     def validate(self):
-        self.check_fields(rule='>=0', rank='>=0', collab='>=0')
-        if self.rule == 0 and self.rank == 0 and self.collab == 0: raise ConfigError('RewardConfig: every weight is 0; nothing to optimize')
+        self.check_fields(rule='>=0', rank='>=0', collab='>=0', prefix='>=0')
+        if self.rule == 0 and self.rank == 0 and self.collab == 0 and self.prefix == 0: raise ConfigError('RewardConfig: every weight is 0; nothing to optimize')
         if self.collab_temperature <= 0: raise ConfigError(f'RewardConfig.collab_temperature must be > 0, got {self.collab_temperature}')
+        if not self.prefix_credit or not all(0 <= c <= 1 for c in self.prefix_credit):
+            raise ConfigError(f'RewardConfig.prefix_credit must be values in [0, 1] (credit for 1, 2, ... shared SID levels), got {self.prefix_credit}')
 
     @classmethod
     def paper(cls): return cls()
@@ -100,13 +117,13 @@ class RewardConfig(Config):
 
     def components(self) -> dict[str, float]:
         "Name -> weight of each component in use."
-        return {k: w for k, w in (('rule', self.rule), ('rank', self.rank), ('collab', self.collab)) if w != 0}
+        return {k: w for k, w in (('rule', self.rule), ('rank', self.rank), ('collab', self.collab), ('prefix', self.prefix)) if w != 0}
 
-# %% ../nbs/11_rewards.ipynb #f61b63fc
+# %% ../nbs/11_rewards.ipynb #b0c77911
 REWARD_FNS = {'rule': rule_reward, 'rank': rank_penalty, 'collab': collaborative_reward}
 
-def score_groups(candidates, targets, cfg:RewardConfig|None=None, scorer=None, histories=None) -> dict[str, np.ndarray]:
-    "Per-component (B, G) rewards, their weighted `total`, `hit` (B,) whether the target is in the group, and `keep` (B,)."
+def score_groups(candidates, targets, cfg:RewardConfig|None=None, scorer=None, histories=None, codes=None) -> dict[str, np.ndarray]:
+    "Per-component (B, G) rewards, their weighted `total`, `hit` (B,) whether the target is in the group, `keep` (B,) and `informative` (B,): the rewards of the group differ (a non-zero advantage)."
     cfg = cfg or RewardConfig()
     cands = np.asarray(candidates, dtype=np.int64); targets = np.asarray(targets, dtype=np.int64).reshape(-1)
     out = {}
@@ -116,6 +133,9 @@ def score_groups(candidates, targets, cfg:RewardConfig|None=None, scorer=None, h
         if name == 'collab':
             if scorer is None or histories is None: raise ValueError('RewardConfig.collab > 0 needs a scorer and the histories')
             kw.update(scorer=scorer, history=list(histories), temperature=cfg.collab_temperature)
+        if name == 'prefix':
+            if codes is None: raise ValueError('RewardConfig.prefix > 0 needs the items\' SID codes (codes=SIDIndex.codes)')
+            out[name] = prefix_credit(cands, targets, codes, cfg.prefix_credit); continue
         if name == 'collab':   # groups without a user history (title -> SID, ...) get no collaborative reward
             out[name] = np.stack([np.asarray(collaborative_reward(c, t, **{**kw, 'history': h}), np.float32) if h is not None
                                   else np.zeros(len(c), np.float32) for c, t, h in zip(cands.tolist(), targets, kw['history'])])
@@ -123,6 +143,7 @@ def score_groups(candidates, targets, cfg:RewardConfig|None=None, scorer=None, h
     out['total'] = sum(cfg.components()[k] * out[k] for k in cfg.components()).astype(np.float32)
     out['hit'] = (cands == targets[:, None]).any(1)
     out['keep'] = out['hit'] | (cfg.miss != 'skip')
+    out['informative'] = out['total'].max(1) > out['total'].min(1)
     return out
 
 def total_reward(candidates:Sequence[int], target:int, cfg:RewardConfig|None=None, **ctx) -> list[float]:
@@ -131,7 +152,7 @@ def total_reward(candidates:Sequence[int], target:int, cfg:RewardConfig|None=Non
                      histories=[ctx['history']] if 'history' in ctx else None)
     return s['total'][0].tolist()
 
-# %% ../nbs/11_rewards.ipynb #1dc9872c
+# %% ../nbs/11_rewards.ipynb #f5032fce
 def rewards_frame(scored:dict, tasks=None, phase:str|None=None) -> pd.DataFrame:
     """Long table (reward, task, value, group, rank, phase) from `score_groups` output: one row per candidate and
     component (`rank` = its beam rank), plus per-group rows (`rank` 0): `hit`, `total_sum` and `target_rank` (the
@@ -141,7 +162,7 @@ def rewards_frame(scored:dict, tasks=None, phase:str|None=None) -> pd.DataFrame:
     grp, rk = np.repeat(np.arange(B), G), np.tile(np.arange(1, G + 1), B)
     rows = []
     for name, v in scored.items():
-        if name in ('hit', 'keep'): continue
+        if name in ('hit', 'keep', 'informative'): continue
         rows.append(pd.DataFrame({'reward': name, 'task': np.repeat(tasks, G), 'value': v.reshape(-1).astype(float), 'group': grp, 'rank': rk}))
     rule = (scored['rule'] > 0) if 'rule' in scored else None
     per_group = {'hit': scored['hit'].astype(float), 'total_sum': scored['total'].sum(1).astype(float)}

@@ -44,18 +44,18 @@ def stage_evaluate(ctx, out:Path) -> dict:
     decoded_examples(res, data).to_csv(out/'decoded_examples.csv', index=False)
     return {name: _eval_summary(r) for name, r in results.items()}
 
-# %% ../nbs/13c_compare.ipynb #47701a74
+# %% ../nbs/13c_compare.ipynb #17cd550d
 RL_DIST_PROMPTS = 256   # validation prompts per RL task whose rollout rewards are compared before / after RL
 
-def rl_reward_distributions(ctx, models:dict, tok, out:Path, trie=None) -> pd.DataFrame:
+def rl_reward_distributions(ctx, models:dict, tok, out:Path, trie=None, scorer=None) -> pd.DataFrame:
     "`grpo_trainer.reward_distributions` of `models` on `RL_DIST_PROMPTS` seeded validation prompts of every RL task, files in `out`."
     cfg, exs_all = ctx.cfg, []
     for t in cfg.rl.tasks:
         exs = ctx.prompts(tok, 'valid', (t,))
         if exs: exs_all += [exs[i] for i in select_rows(len(exs), RL_DIST_PROMPTS, cfg.seed)]
-    return reward_distributions(models, tok, exs_all, trie, cfg.rl, cfg.rewards, out)
+    return reward_distributions(models, tok, exs_all, trie, cfg.rl, cfg.rewards, out, scorer=scorer, codes=ctx.index().codes)
 
-def compare_rl(ctx, rl_model, tok, out:Path) -> dict:
+def compare_rl(ctx, rl_model, tok, out:Path, scorer=None) -> dict:
     """SFT (reloaded from its checkpoint) and `rl_model` side by side on the validation and evaluation splits, paired
     bootstrap of each difference, reward distributions of their rollouts; files in `out` (rank 0), headline numbers ({} on other ranks)."""
     cfg, data, index, state = ctx.cfg, ctx.data(), ctx.index(), process_state()
@@ -65,7 +65,7 @@ def compare_rl(ctx, rl_model, tok, out:Path) -> dict:
     trie = SIDTrie.from_index(index, tok)
     ev = {sp: {n: evaluate_model(m, tok, data, index, cfg.eval.replace(split=sp), name=n, trie=trie,
                                  examples=ctx.prompts(tok, sp), state=state) for n, m in models.items()} for sp in splits}
-    dist = rl_reward_distributions(ctx, models, tok, out, trie)
+    dist = rl_reward_distributions(ctx, models, tok, out, trie, scorer)
     if not state.is_main_process: return {}
     boot = {sp: [paired_bootstrap(ev[sp]['MiniOneRec SFT'].ranks, ev[sp]['MiniOneRec SFT+RL'].ranks, mt, k, seed=cfg.seed)
                  for mt, k in (('NDCG', 10), ('HR', 10), ('NDCG', 5))] for sp in splits}
@@ -95,7 +95,7 @@ def report_comparisons(ctx, results:dict) -> dict|None:
     return {'split': ctx.cfg.eval.split, 'rows': len(ranks), 'resamples': BOOTSTRAP_RESAMPLES, 'seed': ctx.cfg.seed,
             'rl_sft_rows_differ': differ, 'table': table}
 
-# %% ../nbs/13c_compare.ipynb #22ac51d7
+# %% ../nbs/13c_compare.ipynb #0ed96835
 def stage_report(ctx, out:Path) -> dict:
     "Collect every stage's numbers and figures into `report/report.md` and one results table (`report/results.md`)."
     done = {k: v for k, v in ctx.done_records().items() if k != 'report'}
@@ -127,6 +127,7 @@ def stage_report(ctx, out:Path) -> dict:
         lines += comparison_lines(read_json(ctx.path('rl', 'comparison.json')))
         if done['rl']['metrics'].get('best_step') == 0:
             lines += ['**Warning: GRPO never beat the SFT weights** on its validation subset: with `rl.keep_best` SFT+RL *is* the SFT model here.', '']
+        if done['rl']['metrics'].get('verdict'): lines += [f"**Why:** {done['rl']['metrics']['verdict']}.", '']
     if 'rl' in done: lines += block('GRPO', {k: v for k, v in done['rl']['metrics'].items() if k not in ('test', 'valid', 'bootstrap')})
     lines += ['## Stage wall times', '', '| stage | seconds |', '|---|---:|'] + [f'| {k} | {v["seconds"]:.1f} |' for k, v in done.items()]
     write_text(out/'report.md', '\n'.join(lines) + '\n')

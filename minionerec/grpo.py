@@ -17,7 +17,7 @@ from .train import Schedule
 __all__ = ['GRPOConfig', 'process_plan', 'group_advantages', 'completion_logprobs', 'kl_k3', 'loss_terms', 'grpo_loss', 'Rollout',
            'generate_rollouts', 'guide_groups', 'sid_completions', 'build_batch']
 
-# %% ../nbs/12_grpo.ipynb #0be11add
+# %% ../nbs/12_grpo.ipynb #c217b5fa
 @dataclass
 class GRPOConfig(Config):
     "GRPO on constrained-beam groups (see the chapter for what each option does)."
@@ -40,6 +40,7 @@ class GRPOConfig(Config):
     loss_agg: Literal['sequence-mean', 'token-mean', 'dr_grpo'] = 'sequence-mean'  # how per-token losses are averaged
     filter_groups: bool = False        # drop groups whose candidates all got the same reward (zero advantage: only KL left) from the loss and its denominator, and skip their forward/backward
     guide: Literal['none', 'target'] = 'none'  # 'target': a group whose beams miss the example's target gets it in its last slot (off-policy guidance)
+    sft_weight: float = 0.0            # anchor: every group gets one extra row, its target's completion, with this fixed advantage (an SFT term, as PPO-ptx); 0 = pure GRPO
     dropout: float = 0.0               # dropout in the policy's training forward passes (as SFT's `model.dropout`); rollouts, KL reference and validation run without
     include_eos: bool = True           # score the EOS that ends every SFT target as part of the completion
     tasks: tuple[str, ...] = ('rec', 'title2sid', 'desc2sid', 'title_hist2sid')  # RL tasks (see `rl_examples`)
@@ -60,7 +61,7 @@ class GRPOConfig(Config):
     @property
     def eps_high(self) -> float: return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
 
-# %% ../nbs/12_grpo.ipynb #70eac024
+# %% ../nbs/12_grpo.ipynb #14aef938
 from .tasks import RL_TASKS, rl_examples   # RL prompts are built in `05_tasks`, with the SFT prompt policy
 
 @patch
@@ -74,8 +75,7 @@ def validate(self:GRPOConfig):
     if self.max_steps is not None and self.max_steps < 1: raise ConfigError(f'GRPOConfig.max_steps must be >= 1 or None, got {self.max_steps}')
     if not 0 <= self.clip_eps < 1: raise ConfigError(f'GRPOConfig.clip_eps must be in [0, 1), got {self.clip_eps}')
     if self.beta < 0: raise ConfigError(f'GRPOConfig.beta must be >= 0, got {self.beta}')
-    if self.guide not in ('none', 'target'): raise ConfigError(f"GRPOConfig.guide must be 'none' or 'target', got {self.guide!r}")
-    self.check_fields(dropout='[0,1)', lr='>0', weight_decay='>=0', warmup_ratio='[0,1)', max_grad_norm='>=0', clip_eps_high='>=0', adv_eps='>0',
+    self.check_fields(dropout='[0,1)', sft_weight='>=0', lr='>0', weight_decay='>=0', warmup_ratio='[0,1)', max_grad_norm='>=0', clip_eps_high='>=0', adv_eps='>0',
                       eval_every='>=0', eval_max_users='>=1', max_minutes='>0', seed='>=0')
     if not self.tasks: raise ConfigError('GRPOConfig.tasks must name at least one task')
     bad = [t for t in self.tasks if t not in RL_TASKS]
@@ -83,8 +83,9 @@ def validate(self:GRPOConfig):
 
 @patch(cls_method=True)
 def tiny(cls:GRPOConfig):
+    "CPU tests: 3 steps of 4 prompts x 4 beams; guided groups, so a barely trained model's groups (which miss their targets) still teach."
     return cls(num_generations=4, prompts_per_step=4, micro_batch=2, max_steps=3, lr=1e-3, eval_every=0,
-               eval_beams=10, eval_max_users=8, beam_batch_size=4, warmup_ratio=0.0, keep_best=False)
+               eval_beams=10, eval_max_users=8, beam_batch_size=4, warmup_ratio=0.0, keep_best=False, guide='target')
 
 @patch(cls_method=True)
 def paper(cls:GRPOConfig):
@@ -205,7 +206,7 @@ def guide_groups(rollout:Rollout) -> Rollout:
     out.guided = miss
     return out
 
-# %% ../nbs/12_grpo.ipynb #70240f0a
+# %% ../nbs/12_grpo.ipynb #c6606c6a
 def sid_completions(index, tokenizer, include_eos:bool=True) -> tuple[torch.Tensor, torch.Tensor]:
     "Completion token ids of every item (N, L) right-padded, and their lengths (N,): the SFT target `sid + [eos]`."
     eos, pad = eos_id(tokenizer), pad_id(tokenizer)
@@ -216,7 +217,7 @@ def sid_completions(index, tokenizer, include_eos:bool=True) -> tuple[torch.Tens
     return ids, torch.tensor([len(s) for s in seqs])
 
 def build_batch(rollout:Rollout, tokenizer, completions:tuple, cfg:GRPOConfig, reward_cfg:RewardConfig|None=None, scorer=None, codes=None) -> dict:
-    "Rewards, advantages and (B*G)-row tensors of a rollout; rows of dropped groups (`miss='skip'`, `filter_groups`) get a zero `loss_mask`."
+    "Rewards, advantages and (B*R)-row tensors of a rollout (R = G candidates, plus the target's anchor row when `cfg.sft_weight > 0`); candidate rows of dropped groups (`miss='skip'`, `filter_groups`) get a zero `loss_mask`."
     items = rollout.items
     if (items < 0).any(): raise ValueError(f'{int((items < 0).sum())} empty beam slots: the catalogue allows fewer than G={items.shape[1]} distinct items for some prompt')
     B, G = items.shape
@@ -230,10 +231,14 @@ def build_batch(rollout:Rollout, tokenizer, completions:tuple, cfg:GRPOConfig, r
     keep = scored['keep']
     if cfg.filter_groups: keep = keep & scored['informative']                                   # groups with a learning signal
     keep = torch.from_numpy(keep).repeat_interleave(G)                                          # (B*G,)
-    return {'prompt_ids': p_ids.repeat_interleave(G, 0), 'prompt_mask': p_mask.repeat_interleave(G, 0),
-            'completion_ids': c_ids, 'completion_mask': c_mask, 'loss_mask': c_mask * keep[:, None].long(),
-            'advantages': adv.reshape(-1), 'group': torch.arange(B).repeat_interleave(G), 'scored': scored,
-            'G': G, 'max_len': int(c_all.shape[1])}
+    batch = {'completion_ids': c_ids, 'completion_mask': c_mask, 'loss_mask': c_mask * keep[:, None].long(), 'advantages': adv.reshape(-1)}
+    R = G + (cfg.sft_weight > 0)                                                                # rows per group: the anchor row last
+    if R > G:
+        t = torch.from_numpy(rollout.targets); t_mask = (torch.arange(c_all.shape[1])[None] < c_len[t][:, None]).long()
+        anchor = {'completion_ids': c_all[t], 'completion_mask': t_mask, 'loss_mask': t_mask, 'advantages': torch.full((B,), float(cfg.sft_weight))}
+        batch = {k: torch.cat([v.view(B, G, *v.shape[1:]), anchor[k].view(B, 1, *v.shape[1:]).to(v.dtype)], 1).flatten(0, 1) for k, v in batch.items()}
+    return {'prompt_ids': p_ids.repeat_interleave(R, 0), 'prompt_mask': p_mask.repeat_interleave(R, 0), **batch,
+            'group': torch.arange(B).repeat_interleave(R), 'scored': scored, 'G': G, 'R': R, 'max_len': int(c_all.shape[1])}
 
 def _rows(batch:dict, rows:slice|torch.Tensor) -> dict:
     "The rows `rows` of a batch, with all-padding prompt columns trimmed."

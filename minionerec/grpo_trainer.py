@@ -79,7 +79,7 @@ class RecGRPOTrainer:
     @property
     def policy(self): return self.acc.unwrap_model(self.model)
 
-# %% ../nbs/12a_grpo_trainer.ipynb #0637cdc9
+# %% ../nbs/12a_grpo_trainer.ipynb #c2a06eb2
 @patch
 def rollout(self:RecGRPOTrainer, examples:list) -> Rollout:
     "Constrained-beam groups of `examples` under the current policy."
@@ -96,7 +96,7 @@ def make_batch(self:RecGRPOTrainer, rollout:Rollout) -> dict:
 def _micro_slices(self:RecGRPOTrainer, batch:dict) -> list[slice|torch.Tensor]:
     """Rows of each micro-batch. Every process runs the same number (`accumulate` and DDP count them); rows with a zero
     `loss_mask` (dropped groups) are left out, and a micro-batch left with no row gets one dropped row (loss 0)."""
-    n, per = batch['advantages'].shape[0], self.cfg.micro_batch * batch['G']
+    n, per = batch['advantages'].shape[0], self.cfg.micro_batch * batch.get('R', batch['G'])
     live = batch['loss_mask'].sum(1) > 0
     if bool(live.all()): return [slice(s, min(n, s + per)) for s in range(0, n, per)]
     chunks = torch.tensor_split(torch.nonzero(live)[:, 0], math.ceil(n / per))
@@ -169,7 +169,7 @@ def update(self:RecGRPOTrainer, batch:dict) -> dict:
     return {'loss': tot['loss'], 'kl': tot['kl'] / n, 'clip_frac': tot['clip_frac'] / n, 'ratio': tot['ratio'] / n,
             'grad_norm': tot['grad_norm'] / tot['norms'] if tot['norms'] else float('nan')}
 
-# %% ../nbs/12a_grpo_trainer.ipynb #2ad63682
+# %% ../nbs/12a_grpo_trainer.ipynb #28752711
 def _step_stats(acc, ro:Rollout, batch:dict) -> dict:
     "Rewards per component, hit_frac, guided_frac, informative, group_ndcg, groups, trained_frac and adv_abs of a step, over all processes."
     sc, out = batch['scored'], {}
@@ -182,9 +182,10 @@ def _step_stats(acc, ro:Rollout, batch:dict) -> dict:
     eq = ro.items == ro.targets[:, None]                                   # (b, G): where the target sits in its group
     out['group_ndcg'] = float(g(np.where(eq.any(1), rank_discount(eq.argmax(1) + 1), 0.0), torch.float32).mean())
     out['groups'] = int(g(sc['hit']).numel())
-    live = (batch['loss_mask'].view(len(ro), batch['G'], -1).sum((1, 2)) > 0).float()
+    G, R = batch['G'], batch.get('R', batch['G'])
+    live = (batch['loss_mask'].view(len(ro), R, -1)[:, :G].sum((1, 2)) > 0).float()
     out['trained_frac'] = float(g(live).mean())                            # groups in the loss (all but dropped ones)
-    out['adv_abs'] = float(acc.gather(batch['advantages'].float().abs()).mean())
+    out['adv_abs'] = float(acc.gather(batch['advantages'].view(len(ro), R)[:, :G].float().abs()).mean())   # candidates only, not anchors
     return out
 
 @patch
@@ -429,24 +430,24 @@ def plot_grpo_history(history:pd.DataFrame, evals:pd.DataFrame|None=None, path=N
     if path is not None: save_fig(fig, path)
     return fig
 
-# %% ../nbs/12a_grpo_trainer.ipynb #996d1b13
+# %% ../nbs/12a_grpo_trainer.ipynb #aa813a14
 def rollout_rewards(model, tokenizer, examples:list, trie, num_generations:int=16, batch_size:int=8,
-                    reward_cfg:RewardConfig|None=None, phase:str|None=None, scorer=None) -> pd.DataFrame:
+                    reward_cfg:RewardConfig|None=None, phase:str|None=None, scorer=None, codes=None) -> pd.DataFrame:
     "Long table (reward, task, value, phase) of the rewards of `model`'s constrained-beam groups on `examples` (decoded sharded over the processes, as evaluation)."
     from minionerec.rewards import rewards_frame
     from minionerec.evaluate import rank_prompts
     items, scores = rank_prompts(model, tokenizer, [e['prompt'] for e in examples], trie, num_generations, batch_size)
     ro = Rollout.from_examples(examples, items, scores)
-    return rewards_frame(score_groups(ro.items, ro.targets, reward_cfg or RewardConfig(), scorer, ro.histories), ro.tasks, phase)
+    return rewards_frame(score_groups(ro.items, ro.targets, reward_cfg or RewardConfig(), scorer, ro.histories, codes=codes), ro.tasks, phase)
 
-def reward_distributions(models:dict, tokenizer, examples:list, trie, cfg:GRPOConfig, reward_cfg:RewardConfig, out=None) -> pd.DataFrame:
+def reward_distributions(models:dict, tokenizer, examples:list, trie, cfg:GRPOConfig, reward_cfg:RewardConfig, out=None, scorer=None, codes=None) -> pd.DataFrame:
     """Rewards of each model's constrained-beam groups on the same `examples` (decoded sharded over the processes): the
     mean per reward, task and model; rank 0 writes `reward_values.csv.gz` (every value), `reward_distributions.csv`
     and `reward_distributions.png` into `out`."""
     from accelerate import PartialState
     from minionerec.rewards import plot_reward_distributions
     rew = pd.concat([rollout_rewards(m, tokenizer, examples, trie, cfg.num_generations, cfg.beam_batch_size, reward_cfg,
-                                     phase=n.replace('MiniOneRec ', '')) for n, m in models.items()], ignore_index=True)
+                                     phase=n.replace('MiniOneRec ', ''), scorer=scorer, codes=codes) for n, m in models.items()], ignore_index=True)
     dist = rew.groupby(['reward', 'task', 'phase'], sort=False).value.mean().unstack('phase').round(4)
     if out is None or not PartialState().is_main_process: return dist
     import matplotlib.pyplot as plt

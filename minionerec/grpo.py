@@ -61,7 +61,7 @@ class GRPOConfig(Config):
     @property
     def eps_high(self) -> float: return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
 
-# %% ../nbs/12_grpo.ipynb #14aef938
+# %% ../nbs/12_grpo.ipynb #a77afc55
 from .tasks import RL_TASKS, rl_examples   # RL prompts are built in `05_tasks`, with the SFT prompt policy
 
 @patch
@@ -83,9 +83,8 @@ def validate(self:GRPOConfig):
 
 @patch(cls_method=True)
 def tiny(cls:GRPOConfig):
-    "CPU tests: 3 steps of 4 prompts x 4 beams; guided groups, so a barely trained model's groups (which miss their targets) still teach."
     return cls(num_generations=4, prompts_per_step=4, micro_batch=2, max_steps=3, lr=1e-3, eval_every=0,
-               eval_beams=10, eval_max_users=8, beam_batch_size=4, warmup_ratio=0.0, keep_best=False, guide='target')
+               eval_beams=10, eval_max_users=8, beam_batch_size=4, warmup_ratio=0.0, keep_best=False)
 
 @patch(cls_method=True)
 def paper(cls:GRPOConfig):

@@ -26,7 +26,7 @@ from .train import batch_plan, precision_plan
 # %% auto #0
 __all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
-# %% ../nbs/13b_presets.ipynb #96e6f65b
+# %% ../nbs/13b_presets.ipynb #5459a8a2
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
 def preset(name:str) -> PipelineConfig:
@@ -36,7 +36,7 @@ def preset(name:str) -> PipelineConfig:
                               sid=SIDSection(rqvae=RQVAEConfig.tiny()), model=ModelConfig.tiny(), tasks=TaskMixConfig.tiny(),
                               sft=SFTConfig.tiny().replace(epochs=1), eval=EvalConfig.tiny(),
                               baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2), mf=MFConfig.tiny().replace(epochs=2),
-                                                         tiger=TIGERConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny())
+                                                         tiger=TIGERConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny().replace(guide='target'))   # guided groups: the tiny model's RL moves
     if name == 'demo':   # recipe chosen on validation: nbs/10b_recipe.ipynb
         return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
                               embed=EmbedConfig(batch_size=64, max_length=128),

@@ -128,6 +128,26 @@ def test_two_processes_filter_groups_match_one(world):
     for (k, a), b in zip(one.model.state_dict().items(), m2.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=k)
 
+def test_two_processes_guided_groups_and_anchor_match_one(world):
+    """`guide='target'` (the target joins every group that missed it) and `sft_weight` (one anchor row per group) change
+    the rows per group: each process still runs the plan's micro-batches, and 2 processes equal 1."""
+    root = world
+    kw = dict(guide='target', sft_weight=0.5, filter_groups=True, num_generations=8, prompts_per_step=8, micro_batch=2, max_steps=2,
+              eval_max_users=4, reward={'miss': 'zero'})
+    p = _torchrun(root, root/'two_g', **kw)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    h2 = pd.read_csv(root / 'two_g' / 'history.csv')
+    one = grpo_run(root, root/'one_g', **kw)
+    h1 = one.history
+    assert (h1.informative == 1).all() and (h1.guided_frac > 0).all()      # an untrained policy misses: every group is guided in
+    assert h1.kl.iloc[1] > 0 and h1.grad_norm.notna().all()
+    for k in ('reward_rule', 'reward_rank', 'hit_frac', 'guided_frac', 'informative', 'loss', 'kl', 'updates', 'grad_norm'):
+        np.testing.assert_allclose(h1[k].values, h2[k].values, rtol=1e-3, atol=1e-7, err_msg=k)
+    from minionerec.model import load_checkpoint
+    m2, _ = load_checkpoint(root / 'two_g' / 'checkpoint')
+    for (k, a), b in zip(one.model.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=k)
+
 def test_deepspeed_zero2_two_cpu_processes(world):
     """GRPO under ZeRO-2 on 2 CPU processes: the trainer builds (its schedule is made before `prepare`, so the ZeRO
     optimizer is no obstacle), the engine takes one update per step with 2 micro-batches per process, and the first step's

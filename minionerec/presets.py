@@ -26,7 +26,7 @@ from .train import batch_plan, precision_plan
 # %% auto #0
 __all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
-# %% ../nbs/13b_presets.ipynb #5459a8a2
+# %% ../nbs/13b_presets.ipynb #77eb1fb1
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
 def preset(name:str) -> PipelineConfig:
@@ -49,8 +49,9 @@ def preset(name:str) -> PipelineConfig:
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig(epochs=200, patience=10), mf=MFConfig(),
                                                           tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, epochs=20, patience=4, valid_max_users=500)),
-                              rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=20, lr=5e-5, tasks=('rec',),
-                                            filter_groups=True, keep_best=True, eval_every=5, eval_max_users=500, beam_batch_size=32))
+                              rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=50, lr=1e-3, tasks=('rec',), sft_weight=4.0,
+                                            filter_groups=True, keep_best=True, eval_every=5, eval_max_users=500, beam_batch_size=32),
+                              rewards=RewardConfig(collab=1.0))   # RL recipe chosen on validation: nbs/12b_rl_levers.ipynb
     if name == 'industrial':   # recipe chosen on validation: nbs/10b_recipe.ipynb
         return PipelineConfig(run_dir='runs/industrial', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig(batch_size=64),
@@ -63,9 +64,10 @@ def preset(name:str) -> PipelineConfig:
                                             global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=15, patience=4)),
-                              rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=5e-5, warmup_ratio=0.1, max_steps=50,
+                              rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=1e-3, warmup_ratio=0.1, max_steps=50, sft_weight=4.0,
                                             max_minutes=15, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
-                                            tasks=('rec',), beam_batch_size=32))
+                                            tasks=('rec',), beam_batch_size=32),
+                              rewards=RewardConfig(collab=1.0))
     if name == 'paper':
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),

@@ -279,10 +279,21 @@ def _coerce_scalar(value, tp, where:str):
     if not isinstance(value, (str, Path)): raise ConfigError(f'{where}: expected a path, got {value!r}')
     return Path(value)
 
-# %% ../nbs/00_core.ipynb #4055dd7e
+# %% ../nbs/00_core.ipynb #f1b495e4
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML would keep the last one silently)."
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for k, _ in node.value:
+            key = self.construct_object(k, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f'duplicate key {key!r} (first at line {seen[key]})', k.start_mark)
+            if isinstance(key, (str, int, float, bool)): seen[key] = k.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
 def parse_yaml(text:str, where) -> Any:
-    "YAML text as Python objects; a syntax error is a `ConfigError` naming `where` (the file), line and column and what was found."
-    try: return yaml.safe_load(text)
+    "YAML text as Python objects; a syntax error or a repeated key is a `ConfigError` naming `where` (the file), line and column and what was found."
+    try: return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         pos = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''

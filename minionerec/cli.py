@@ -15,7 +15,7 @@ from .presets import load_config, plan_run
 
 # %% auto #0
 __all__ = ['USER_ERRORS', 'add_download_parser', 'download_command', 'prepare_summary', 'build_parser', 'error_line',
-           'run_command', 'main']
+           'run_command', 'Terminated', 'main']
 
 # %% ../nbs/13a_cli.ipynb #1c9837d3
 def add_download_parser(sub):
@@ -96,25 +96,33 @@ def run_command(args) -> int:
     if args.cmd == 'prepare': print(prepare_summary(done['prepare']['metrics']))
     return 0
 
-# %% ../nbs/13a_cli.ipynb #72c94279
+# %% ../nbs/13a_cli.ipynb #8cee4d2c
+class Terminated(KeyboardInterrupt):
+    "SIGTERM (a scheduler's stop, `kill`): unwinds the run exactly as Ctrl-C does."
+
 def _sigint(signum, frame):
-    "First Ctrl-C: KeyboardInterrupt (the run unwinds: lock released, temporary files removed). A second one leaves at once."
+    "First Ctrl-C or SIGTERM: KeyboardInterrupt (the run unwinds: lock released, temporary files removed). A second one leaves at once."
+    code = 143 if signum == signal.SIGTERM else 130
     if getattr(_sigint, 'seen', False):
-        os.write(2, b'\nminionerec: interrupted again; leaving now (temporary files are cleaned by the next run)\n'); os._exit(130)
+        os.write(2, b'\nminionerec: interrupted again; leaving now (temporary files are cleaned by the next run)\n'); os._exit(code)
     _sigint.seen = True
-    raise KeyboardInterrupt
+    raise Terminated if code == 143 else KeyboardInterrupt
 
 def main(argv=None) -> int:
-    "Entry point of the `minionerec` console script: exit 0, 2 (a user error, one line), 1 (a bug, one line) or 130 (Ctrl-C)."
+    "Entry point of the `minionerec` console script: exit 0, 2 (a user error, one line), 1 (a bug, one line), 130 (Ctrl-C) or 143 (SIGTERM)."
     args = build_parser().parse_args(argv)
-    own = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if own: _sigint.seen = False; signal.signal(signal.SIGINT, _sigint)
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    own = [s for s, h in defaults.items() if threading.current_thread() is threading.main_thread() and signal.getsignal(s) is h]
+    _sigint.seen = False
+    for s in own: signal.signal(s, _sigint)
     try: return _main(args)
     finally:
-        if own: signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in own: signal.signal(s, defaults[s])
 
 def _main(args) -> int:
     try: return run_command(args)
+    except Terminated:
+        print('\nminionerec: stopped (SIGTERM); run the same command again to resume', file=sys.stderr); return 143
     except KeyboardInterrupt:
         print('\nminionerec: interrupted (Ctrl-C); run the same command again to resume', file=sys.stderr); return 130
     except USER_ERRORS as e:

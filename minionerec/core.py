@@ -14,9 +14,9 @@ import yaml
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'CACHE_ENV', 'in_test', 'get_logger', 'patch', 'set_seed', 'TextDecodeError', 'decode_text', 'open_binary',
-           'read_text', 'unique_pairs', 'DiskFullError', 'atomic_write', 'write_text', 'write_json', 'read_json',
-           'atomic_dir', 'cache_dir', 'find_data_root', 'make_run_dir', 'ConfigError', 'parse_yaml', 'read_yaml',
-           'Config', 'check_fields', 'progress', 'Timer', 'get_device', 'multi_process_cpu', 'save_fig',
+           'read_text', 'unique_pairs', 'DiskFullError', 'disk_full_cause', 'atomic_write', 'write_text', 'write_json',
+           'read_json', 'atomic_dir', 'cache_dir', 'find_data_root', 'make_run_dir', 'ConfigError', 'parse_yaml',
+           'read_yaml', 'Config', 'check_fields', 'progress', 'Timer', 'get_device', 'multi_process_cpu', 'save_fig',
            'packaged_configs_dir', 'resolve_config_file', 'module_main_error']
 
 # %% ../nbs/00_core.ipynb #b9bdce79
@@ -93,15 +93,27 @@ def unique_pairs(pairs, path=None) -> dict:
         d[k] = v
     return d
 
-# %% ../nbs/00_core.ipynb #d49698a2
+# %% ../nbs/00_core.ipynb #75ce75be
 class DiskFullError(OSError):
     "The disk (or quota) filled up while writing an artifact; the message names the file and says that nothing partial was kept."
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL_TEXT = _re.compile(rf'\(os error ({errno.ENOSPC}|{errno.EDQUOT})\)')   # how safetensors and tokenizers (Rust) report it
+
+def disk_full_cause(e:BaseException) -> OSError|None:
+    "The full-disk error behind `e`: itself, one in its chain (torch's zip writer raises a RuntimeError over it), or one a compiled writer put in its text."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL: return e
+        m = _FULL_TEXT.search(str(e))
+        if m: return OSError(int(m[1]), os.strerror(int(m[1])))
+        e = e.__cause__ or e.__context__
+    return None
 
 def _disk_full(e:OSError, target, failed=None) -> DiskFullError:
     err = DiskFullError(f'{failed or target}: {os.strerror(e.errno).lower()} while writing it; nothing partial was kept '
-                        f'({target} is as it was before)')
+                        f'({target} is as it was before): free some space and run the same command again')
     err.errno, err.path = e.errno, Path(failed or target)
     return err
 
@@ -122,7 +134,8 @@ def atomic_write(path, mode:str='w', encoding:str|None='utf-8'):
     except BaseException as e:
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError): os.remove(tmp)
-        if isinstance(e, OSError) and e.errno in _FULL and not isinstance(e, DiskFullError): raise _disk_full(e, path) from e
+        full = None if isinstance(e, DiskFullError) else disk_full_cause(e)
+        if full is not None: raise _disk_full(full, path) from e
         raise
 
 def write_text(path, text:str) -> Path:
@@ -149,7 +162,7 @@ def read_json(path, unique_keys:bool=False):
     try: return json.loads(read_text(path), object_pairs_hook=hook)
     except json.JSONDecodeError as e: raise ValueError(f'{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}') from None
 
-# %% ../nbs/00_core.ipynb #afe4a05a
+# %% ../nbs/00_core.ipynb #ba06fdc0
 @contextlib.contextmanager
 def atomic_dir(path):
     "Yield a temporary directory next to `path`; on success it replaces `path` (old contents removed), on error it is deleted (a full disk is a `DiskFullError` naming the file)."
@@ -163,11 +176,13 @@ def atomic_dir(path):
         os.replace(tmp, path)
         if old is not None: shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in _FULL:   # name the file as it would have been, not the temporary one
-            failed = getattr(e, 'path', None) or e.filename
+        full = disk_full_cause(e)
+        if full is not None:   # name the file as it would have been, not the temporary one; unnamed: the file written last
+            failed = getattr(e, 'path', None) or getattr(e, 'filename', None) or max(
+                (p for p in tmp.rglob('*') if p.is_file()), key=lambda p: p.stat().st_mtime_ns, default=None)
             rel = Path(failed).resolve().relative_to(tmp.resolve()) if failed and Path(failed).resolve().is_relative_to(tmp.resolve()) else None
-            raise _disk_full(e, path, path/rel if rel is not None else failed) from e
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None: raise _disk_full(full, path, path/rel if rel is not None else failed) from e
         raise
 
 # %% ../nbs/00_core.ipynb #dddaabbc
@@ -264,10 +279,21 @@ def _coerce_scalar(value, tp, where:str):
     if not isinstance(value, (str, Path)): raise ConfigError(f'{where}: expected a path, got {value!r}')
     return Path(value)
 
-# %% ../nbs/00_core.ipynb #4055dd7e
+# %% ../nbs/00_core.ipynb #f1b495e4
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML would keep the last one silently)."
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for k, _ in node.value:
+            key = self.construct_object(k, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f'duplicate key {key!r} (first at line {seen[key]})', k.start_mark)
+            if isinstance(key, (str, int, float, bool)): seen[key] = k.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
 def parse_yaml(text:str, where) -> Any:
-    "YAML text as Python objects; a syntax error is a `ConfigError` naming `where` (the file), line and column and what was found."
-    try: return yaml.safe_load(text)
+    "YAML text as Python objects; a syntax error or a repeated key is a `ConfigError` naming `where` (the file), line and column and what was found."
+    try: return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, 'problem_mark', None)
         pos = f' at line {mark.line + 1}, column {mark.column + 1}' if mark is not None else ''

@@ -279,13 +279,13 @@ def read_index_json(path, n_items:int) -> dict:
         raise DataError(f'{path}: {len(miss)} item(s) have no SID, e.g. {miss[:5]}')
     return dict(sorted(out.items()))
 
-# %% ../nbs/01_data.ipynb #c3533713
+# %% ../nbs/01_data.ipynb #1d23d93f
 def load_published(root=None, name:str|None=None, max_history:int|None=MAX_HISTORY) -> RecData:
     "Read a published MiniOneRec `data/Amazon/` layout (`root` = that folder or its parent; else `$MINIONEREC_DATA`, else the cache)."
     adir = _amazon_dir(root)
     names = list_datasets(adir)
     if name is None:
-        if len(names) != 1: raise DataError(f'{adir}: ' + (f'several datasets {names}; pass name=' if names else 'no index/*.item.json found'))
+        if len(names) != 1: raise DataError(f'{adir}: ' + (f'several datasets {names}: choose one with data.name (Python: name=)' if names else 'no index/*.item.json found'))
         name = names[0]
     elif check_dataset_name(name) not in names: raise FileNotFoundError(f'{adir}: no dataset {name!r} (found {names})')
     items = read_item_json(adir/'index'/f'{name}.item.json')
@@ -355,7 +355,7 @@ def write_published(data:RecData, root, tag:str|None=None, inter:bool=False) -> 
     finally: shutil.rmtree(tmp, ignore_errors=True)
     return adir
 
-# %% ../nbs/01_data.ipynb #2d3ad0ab
+# %% ../nbs/01_data.ipynb #c8837568
 PUBLIC_BASE_URL = 'https://raw.githubusercontent.com/AkaliKong/MiniOneRec/main/data/Amazon'
 
 def published_files(name:str, tag:str=DEFAULT_TAG) -> list[str]:
@@ -369,12 +369,16 @@ def download_published(name:str='Industrial_and_Scientific', dest=None, base_url
     "Download a published dataset into `dest/Amazon/` (default: the cache's data folder), checked before any file lands, and load it."
     from minionerec.core import cache_dir
     name = check_dataset_name(PUBLISHED.get(name, name))
+    if base_url == PUBLIC_BASE_URL and name not in PUBLISHED.values():
+        raise DataError(f'unknown dataset {name!r}: the public MiniOneRec data has ' + ', '.join(f'{k} ({v})' for k, v in PUBLISHED.items())
+                        + '; another mirror with the same layout: base_url (--base-url)')
     dest = Path(dest) if dest is not None else cache_dir()/'data'
     adir = dest if dest.name == 'Amazon' else dest/'Amazon'
     files, log = published_files(name, tag), get_logger('minionerec.data')
     if not overwrite and all((adir/rel).exists() for rel in files[:-1]): return load_published(adir, name)
+    made = [p for p in (adir, *adir.parents) if not p.exists()]   # created here: removed again when nothing lands
     adir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix='.download.', suffix='.tmp', dir=adir))
+    tmp, ok = Path(tempfile.mkdtemp(prefix='.download.', suffix='.tmp', dir=adir)), False
     try:
         for rel in files:
             url = base_url.rstrip('/') + '/' + rel
@@ -382,11 +386,15 @@ def download_published(name:str='Industrial_and_Scientific', dest=None, base_url
                 with urllib.request.urlopen(url, timeout=timeout) as r, atomic_write(tmp/'Amazon'/rel, 'wb') as f: shutil.copyfileobj(r, f)
             except (urllib.error.URLError, OSError) as e:
                 if rel.endswith('.index.json'): log.warning(f'no published SIDs at {url} ({e}); continuing without'); continue
-                raise FileNotFoundError(f'could not download {url}: {e}') from None
+                raise FileNotFoundError(f'could not download {url}: {e} (is {name!r} a dataset of that mirror?)') from None
             log.info(f'downloaded {url}')
         load_published(tmp/'Amazon', name)           # a broken or truncated download fails here, before anything lands
         for f in move_files(tmp/'Amazon', adir): log.info(f'wrote {f}')
-    finally: shutil.rmtree(tmp, ignore_errors=True)
+        ok = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        for p in ([] if ok else made):
+            if p.is_dir() and not any(p.iterdir()): p.rmdir()
     return load_published(adir, name)
 
 # %% ../nbs/01_data.ipynb #13f8923c

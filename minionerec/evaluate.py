@@ -210,7 +210,7 @@ def rank_prompts(model, tokenizer, prompts:list[str], trie, num_beams:int=50, ba
         parts = sorted(gather_object(parts), key=lambda p: p[0])
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
-# %% ../nbs/09_evaluate.ipynb #5c60271f
+# %% ../nbs/09_evaluate.ipynb #594d0f4b
 @dataclass
 class EvalConfig(Config):
     "How a generative model is evaluated."
@@ -224,6 +224,7 @@ class EvalConfig(Config):
     def validate(self):
         if self.split not in ('train', 'valid', 'test'): raise ConfigError(f"EvalConfig.split must be 'train', 'valid' or 'test', got {self.split!r}")
         self.check_fields(num_beams='>=1', batch_size='>=1', max_users='>=1', seed='>=0', ks='>=1')
+        if self.num_beams > 1000: raise ConfigError(f'EvalConfig.num_beams must be <= 1000 (the beams of a batch of users are held at once; the paper ranks 50), got {self.num_beams}')
         if self.ks is None: return
         if not self.ks: raise ConfigError('EvalConfig.ks must name at least one cut-off K (or be null for the standard ones)')
         if len(set(self.ks)) < len(self.ks): raise ConfigError(f'EvalConfig.ks lists a K twice: {list(self.ks)}')

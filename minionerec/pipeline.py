@@ -26,7 +26,7 @@ from .sid_quality import sid_report
 from .sid_explorer import save_explorer_html
 from .rqvae import n_colliding_items
 from .model import ModelConfig, load_backbone, add_sid_tokens, apply_training_mode, add_dropout, save_checkpoint, load_checkpoint, checkpoint_meta
-from .tasks import TaskMixConfig, build_mixture
+from .tasks import TaskMixConfig, build_mixture, TASKS, CATALOGUE_TASKS
 from .sft import SFTConfig, train_sft
 from .train import batch_plan, precision_plan, check_report_to
 from .evaluate import EvalConfig, evaluate_model, evaluate_rankings, select_rows
@@ -148,6 +148,9 @@ class PipelineConfig(Config):
         m = re.match(r'^(NDCG|HR|MRR)@(\d+)$', self.sft.monitor)
         if m and int(m.group(2)) > self.select_beams:
             raise ConfigError(f'select_beams={self.select_beams} cannot rank {m.group(2)} items for sft.monitor={self.sft.monitor!r}: use select_beams >= {m.group(2)}')
+        valid_tasks = [t for t in TASKS if getattr(self.tasks, t) > 0 and (t not in CATALOGUE_TASKS or self.tasks.catalogue_in_eval)]
+        if not m and self.sft.monitor not in ('all', *valid_tasks):   # checked here, not once SFT has started
+            raise ConfigError(f"sft.monitor: {self.sft.monitor!r} is not a task of the validation mixture ({', '.join(valid_tasks)}), 'all' or a ranking metric")
         if self.select_users is not None and self.select_users < 1: raise ConfigError(f'select_users must be >= 1 or null, got {self.select_users}')
 
     def effective_world_size(self) -> int:
@@ -367,7 +370,7 @@ STAGES = [
 STAGE_NAMES = tuple(s.name for s in STAGES)
 STAGE = {s.name: s for s in STAGES}
 
-# %% ../nbs/13_pipeline.ipynb #ac776306
+# %% ../nbs/13_pipeline.ipynb #e4bd925f
 DISTRIBUTED_STAGES = ('sft', 'evaluate', 'rl')   # the stages that may run under `accelerate launch` / `torchrun`
 
 def is_main_process() -> bool: return int(os.environ.get('RANK', 0)) == 0
@@ -390,9 +393,10 @@ def check_config(cfg:PipelineConfig, stages) -> None:
             p = Path(getattr(cfg.data, k))
             if not p.is_file(): raise FileNotFoundError(f'data.{k}: {p} ' + ('is not a file' if p.exists() else 'does not exist'))
     rd = Path(cfg.run_dir)
-    if 'rl' in stages and 'prepare' not in stages and (rd/'sid'/'index.json').exists():   # before rl/ is cleared, not in train_grpo
+    if {'evaluate', 'rl'} & set(stages) and STAGE['sid'].is_complete(rd, stage_fingerprints(cfg)['sid']):   # the index they will read
         n = len(read_json(rd/'sid'/'index.json'))
-        if n < cfg.rl.num_generations: raise ConfigError(f'rl.num_generations ({cfg.rl.num_generations}) exceeds the {n} items of {rd}/sid/index.json')
+        if 'rl' in stages and n < cfg.rl.num_generations: raise ConfigError(f'rl.num_generations ({cfg.rl.num_generations}) exceeds the {n} items of {rd}/sid/index.json')
+        if n < cfg.eval.num_beams: raise ConfigError(f'eval.num_beams ({cfg.eval.num_beams}) exceeds the {n} items of {rd}/sid/index.json: a ranked list holds each item once')
     if (rd/'sid'/'index.json').exists() and (rd/'sft'/'DONE.json').exists() and 'sid' not in stages:
         fps = stage_fingerprints(cfg)
         d = read_json(rd/'sft'/'DONE.json')

@@ -53,7 +53,7 @@ def utc(ms) -> str:
     "Unix ms as a readable UTC time."
     return datetime.datetime.fromtimestamp(int(ms) / 1000, datetime.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
 
-# %% ../nbs/01a_protocol.ipynb #e73e588e
+# %% ../nbs/01a_protocol.ipynb #d945bbfb
 _MS_FROM = 10**11                       # numbers at least this large are milliseconds
 _LATEST = _bound('2200-01', 'latest')   # later than this is a unit mistake
 
@@ -77,15 +77,18 @@ def parse_times(values, unit:str='auto', where=None) -> np.ndarray:
                                 'one column must use one unit (set time_unit: s or ms if this is intended)')
             unit = 'ms' if big.all() else 's'
         ms = np.round(x * (1 if unit == 'ms' else 1000)).astype(np.int64)
-    elif unit in ('s', 'ms'):
+    elif unit in ('s', 'ms') or (num is not None and num.notna().sum() > num.isna().sum()):   # a column of numbers with a stray word
         i = int(np.argmax(num.isna().to_numpy()))
-        raise DataError(f'{where(i)}: expected unix {"seconds" if unit == "s" else "milliseconds"}, got {s[i]!r}')
+        what = {'s': 'unix seconds', 'ms': 'unix milliseconds'}.get(unit, 'a unix time like most rows of this column')
+        raise DataError(f'{where(i)}: expected {what}, got {s[i]!r}')
     else:
         dt = pd.to_datetime(s.astype(str), utc=True, format='ISO8601', errors='coerce')
         if dt.isna().any():
             i = int(np.argmax(dt.isna().to_numpy()))
             raise DataError(f'{where(i)}: expected a timestamp (unix seconds or milliseconds, or ISO 8601 like 2018-11-30T23:59:59Z), got {s[i]!r}')
         ms = ((dt - pd.Timestamp(0, tz='UTC')) // pd.Timedelta(milliseconds=1)).to_numpy(np.int64)
+    if (ms < 0).any():
+        i = int(np.argmax(ms < 0)); raise DataError(f'{where(i)}: {s[i]!r} is before 1970 (a negative unix time): not a timestamp of an event')
     if (ms > _LATEST).any():
         i = int(np.argmax(ms > _LATEST))
         raise DataError(f'{where(i)}: {s[i]!r} is after the year 2200 as {unit}: wrong time_unit? (milliseconds read as seconds)')

@@ -10,9 +10,9 @@ from .core import get_logger, read_json, write_text
 
 # %% auto #0
 __all__ = ['OWN_HEADER', 'STAGE_MARKERS', 'LOCK_NAME', 'RunDirError', 'is_own_folder', 'check_own_folder', 'write_own_text',
-           'clean_leftovers', 'RunLockedError', 'run_lock']
+           'stage_of', 'ArtifactError', 'clean_leftovers', 'RunLockedError', 'run_lock']
 
-# %% ../nbs/00a_rundir.ipynb #2ddce35f
+# %% ../nbs/00a_rundir.ipynb #25640ef1
 OWN_HEADER = '# written by minionerec'
 STAGE_MARKERS = ('STARTED.json', 'DONE.json')
 _LEFTOVER = _re.compile(r'\.(?P<name>.+)\.(?:[a-z0-9_]{8}\.tmp|old\.(?P<pid>\d+))')   # what atomic_write / atomic_dir leave when killed
@@ -36,6 +36,8 @@ def is_own_folder(d, stage:str|None=None) -> bool:
 def check_own_folder(d, stage:str|None=None) -> None:
     "Raise a `RunDirError` naming `d` unless the pipeline may clear it and write into it (`is_own_folder`)."
     d = Path(d)
+    if d.is_symlink(): raise RunDirError(f'{d}: a symbolic link (to {os.readlink(d)}) where the pipeline keeps its {stage or d.name} stage folder, which it '
+                                         'clears and replaces: remove the link (to keep a run on another disk, point --run-dir there)')
     if d.exists() and not d.is_dir(): raise RunDirError(f'{d}: a file where the pipeline keeps its {stage or d.name} stage folder: move it away or use another --run-dir')
     if not is_own_folder(d, stage):
         raise RunDirError(f'{d}: this folder was not written by minionerec (it has no {" or ".join(STAGE_MARKERS)}), so it is neither cleared '
@@ -49,6 +51,21 @@ def write_own_text(path, text:str, what:str='') -> Path:
         except OSError: mine = False
         if not mine: raise RunDirError(f'{path}: this file was not written by minionerec, so it is not overwritten: move it away or use another --run-dir')
     return write_text(path, f'{OWN_HEADER}{": " + what if what else ""}\n{text}')
+
+# %% ../nbs/00a_rundir.ipynb #f6564686
+def stage_of(path) -> str|None:
+    "The pipeline stage whose folder holds `path` (the nearest parent marked by a `STARTED.json` / `DONE.json` of its name), or None."
+    for d in Path(path).parents:
+        if any(_marker_stage(d/m) == d.name for m in STAGE_MARKERS): return d.name
+    return None
+
+class ArtifactError(ValueError):
+    "A file a stage wrote is missing, truncated or garbled; the message names it, what is wrong and how to write it again."
+    def __init__(self, path, problem:str):
+        self.path, stage = Path(path), stage_of(path)
+        hint = (f'rerun the {stage} stage that wrote it: minionerec {stage} --force (with the same --config and --set)' if stage
+                else 'write it again')
+        super().__init__(f'{self.path}: {problem}; {hint}')
 
 # %% ../nbs/00a_rundir.ipynb #1ed60a60
 def clean_leftovers(folder, log=None) -> list[Path]:

@@ -48,7 +48,7 @@ def main(argv=None):
     for size in a.sizes:
         torch.manual_seed(0)
         tiger = TIGER.create(index, SIZES[size]); tiger.model.eval()
-        prompts = history_prompts(hists, index, tiger.max_hist, tiger.recency)
+        prompts = history_prompts(hists, index, tiger.max_hist)
         prompts = [prompts[i] for i in np.argsort([len(p) for p in prompts], kind='stable')]
         n_par = sum(p.numel() for p in tiger.model.parameters()) / 1e6
         for B in a.beams:

@@ -19,6 +19,7 @@ from .sft import SFTConfig
 from .evaluate import EvalConfig
 from .baselines import SASRecConfig, GRU4RecConfig, MFConfig
 from .tiger import TIGERConfig
+from .hstu import HSTUConfig
 from .grpo import GRPOConfig
 from .rewards import RewardConfig
 from .train import batch_plan, precision_plan
@@ -36,7 +37,7 @@ def preset(name:str) -> PipelineConfig:
                               sid=SIDSection(rqvae=RQVAEConfig.tiny()), model=ModelConfig.tiny(), tasks=TaskMixConfig.tiny(),
                               sft=SFTConfig.tiny().replace(epochs=1), eval=EvalConfig.tiny(),
                               baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2), mf=MFConfig.tiny().replace(epochs=2),
-                                                         tiger=TIGERConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny())
+                                                         tiger=TIGERConfig.tiny().replace(epochs=2), hstu=HSTUConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny())
     if name == 'demo':   # recipe chosen on validation: nbs/10b_recipe.ipynb
         return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
                               embed=EmbedConfig(batch_size=64, max_length=128),

@@ -18,7 +18,8 @@ from minionerec.sid import SIDIndex, build_sid_index
 from minionerec.decoding import constrained_generate, sid_beam_search
 from minionerec.tiger import TIGER, TIGERConfig, history_prompts
 
-SIZES = {'paper': TIGERConfig.paper(), 'cpu': TIGERConfig(d_model=128, layers=2, heads=4, d_kv=32, d_ff=512)}
+SIZES = {'paper': TIGERConfig.paper(), 'cpu': TIGERConfig(d_model=128, layers=2, heads=4, d_kv=32, d_ff=512),
+         'default': TIGERConfig(), 'demo': TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256)}
 
 def load_histories(n:int, seed:int=0):
     rng = np.random.default_rng(seed)
@@ -40,6 +41,7 @@ def main(argv=None):
     ap.add_argument('--batch-size', type=int, default=32, help='users per batch, the same for both decoders')
     ap.add_argument('--sizes', nargs='+', default=['cpu', 'paper'], choices=list(SIZES))
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--only-b', action='store_true', help='time only (b) sid_beam_search (what TIGER.recommend runs)')
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     index, hists, src = load_histories(a.users)
@@ -54,10 +56,15 @@ def main(argv=None):
         for B in a.beams:
             fns = {'(a) generate': lambda ps: constrained_generate(tiger.model, tiger.tokenizer, ps, tiger.trie, B, a.batch_size),
                    '(b) sid beam': lambda ps: sid_beam_search(tiger.model, tiger.tokenizer, ps, tiger.trie, B, a.batch_size)}
+            if a.only_b: fns.pop('(a) generate')
             for f in fns.values(): f(prompts[:2])                              # warm-up
             outs, secs = {}, {}
             for k, f in fns.items():
                 t = time.perf_counter(); outs[k] = f(prompts); secs[k] = time.perf_counter() - t
+            if a.only_b:
+                print(f"{size:>7} ({n_par:.1f}M) B={B:>2}: (b) sid beam {1000 * secs['(b) sid beam'] / len(prompts):8.1f} ms/user "
+                      f"({secs['(b) sid beam']:.1f} s for {len(prompts)} users)", flush=True)
+                continue
             same = torch.equal(outs['(a) generate'].items, outs['(b) sid beam'].items)
             ok_all &= same
             print(f"{size:>5} ({n_par:.1f}M) B={B:>2}: (a) generate {1000 * secs['(a) generate'] / len(prompts):8.1f} ms/user | "

@@ -49,7 +49,8 @@ def preset(name:str) -> PipelineConfig:
                                             micro_batch_size=64, max_length=64, log_every=20),
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig(epochs=200, patience=10), mf=MFConfig(),
-                                                          tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, epochs=20, patience=4, valid_max_users=500)),
+                                                          tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, epochs=20, patience=4, valid_max_users=500),
+                                                          hstu=HSTUConfig()),
                               rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=20, lr=5e-5, tasks=('rec',),
                                             filter_groups=True, keep_best=True, eval_every=5, eval_max_users=500, beam_batch_size=32))
     if name == 'industrial':   # recipe chosen on validation: nbs/10b_recipe.ipynb
@@ -63,7 +64,7 @@ def preset(name:str) -> PipelineConfig:
                               sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=0, monitor='NDCG@10',
                                             global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
                               eval=EvalConfig(num_beams=20, batch_size=32),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=15, patience=4)),
+                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=15, patience=4), hstu=HSTUConfig()),
                               rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=5e-5, warmup_ratio=0.1, max_steps=50,
                                             max_minutes=15, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
                                             tasks=('rec',), beam_batch_size=32))

@@ -226,3 +226,22 @@ def test_tiger_trains_by_steps_with_inverse_sqrt_schedule():
     assert hist['lr'].iloc[-1] == pytest.approx(cfg.lr * math.sqrt(3 / 12))
     for bad in (dict(max_steps=-1), dict(eval_steps=-1), dict(warmup_steps=-1), dict(schedule='linear')):
         with pytest.raises(ConfigError): TIGERConfig(**bad)
+
+
+def test_tiger_grouped_decoder_gives_the_hf_lists():
+    "TIGER's own beam decoder (cross-attention shared by a user's beams) returns the Hugging Face cache path's and `generate`'s lists."
+    from minionerec.tiger import TIGERConfig, train_tiger, history_prompts
+    from minionerec.decoding import sid_beam_search, constrained_generate
+    torch.set_num_threads(1)
+    data = planted_data(n_users=40, n_items=20, seed=9)
+    tiger, _ = train_tiger(data, random_index(20, 9), TIGERConfig.tiny().replace(layers=2, epochs=2, eval_every=2))
+    prompts = history_prompts(data.splits['test']['history'][:12], tiger.index)      # histories of 10 items and shorter
+    m, tok, trie = tiger.model, tiger.tokenizer, tiger.trie
+    for B, bs in ((8, 5), (30, 12)):                                                  # 30 beams > 20 items: empty slots
+        fast = sid_beam_search(m, tok, prompts, trie, num_beams=B, batch_size=bs)
+        m.beam_start = None
+        try: slow = sid_beam_search(m, tok, prompts, trie, num_beams=B, batch_size=bs)
+        finally: del m.beam_start
+        assert torch.equal(fast.items, slow.items) and torch.allclose(fast.scores, slow.scores, atol=1e-5)
+        assert torch.equal(fast.items, constrained_generate(m, tok, prompts, trie, num_beams=B, batch_size=4).items)
+    assert (fast.items[:, 20:] == -1).all() and fast.n_duplicates() == 0

@@ -64,7 +64,7 @@ def preset(name:str) -> PipelineConfig:
                               sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=0, monitor='NDCG@10',
                                             global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
                               eval=EvalConfig(num_beams=20, batch_size=32),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=15, patience=4), hstu=HSTUConfig()),
+                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=40, patience=4, eval_every=2), hstu=HSTUConfig()),
                               rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=5e-5, warmup_ratio=0.1, max_steps=50,
                                             max_minutes=15, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
                                             tasks=('rec',), beam_batch_size=32))
@@ -72,7 +72,8 @@ def preset(name:str) -> PipelineConfig:
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),
                               tasks=TaskMixConfig.paper(), sft=SFTConfig.paper(), eval=EvalConfig.paper(),
-                              baselines=BaselinesSection(sasrec=SASRecConfig.paper(), gru4rec=GRU4RecConfig.paper(), mf=MFConfig(), tiger=TIGERConfig.paper()),
+                              baselines=BaselinesSection(sasrec=SASRecConfig.paper(), gru4rec=GRU4RecConfig.paper(), mf=MFConfig(), tiger=TIGERConfig.paper(),
+                                                         hstu=HSTUConfig.paper()),
                               rl=GRPOConfig.paper(), rewards=RewardConfig.paper())
     raise ConfigError(f"unknown preset {name!r}; presets are 'tiny', 'demo', 'industrial', 'paper' (or pass a YAML file)")
 

@@ -49,7 +49,8 @@ def preset(name:str) -> PipelineConfig:
                                             micro_batch_size=64, max_length=64, log_every=20),
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig(epochs=200, patience=10), mf=MFConfig(),
-                                                          tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, epochs=20, patience=4, valid_max_users=500),
+                                                          tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, schedule='inverse_sqrt', lr=3e-3,
+                                                                            warmup_steps=40, max_steps=1200, eval_steps=40, patience=4, valid_max_users=500),
                                                           hstu=HSTUConfig()),
                               rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=20, lr=5e-5, tasks=('rec',),
                                             filter_groups=True, keep_best=True, eval_every=5, eval_max_users=500, beam_batch_size=32))

@@ -348,7 +348,7 @@ def sasrec_scorer(model) -> Callable:
         return sc[0].detach().float().cpu().numpy()
     return scorer
 
-# %% ../nbs/10_baselines.ipynb #f5342be5
+# %% ../nbs/10_baselines.ipynb #88d5e6f8
 def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
     "`r` re-scored on the rows `rows` of its split (a subset of the rows it ranked), keeping its training history."
     if np.array_equal(r.rows, rows): return r
@@ -357,27 +357,32 @@ def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
     if missing: raise ValueError(f'{r.name} has no ranking for row {missing[0]} of {r.split!r}')
     sel = [pos[int(x)] for x in rows]
     out = evaluate_rankings(r.name, r.ranked[sel], r.targets[sel], data, r.split, rows=rows, ks=ks, seconds=r.seconds)
-    if hasattr(r, 'train_history'): out.train_history = r.train_history
+    for a in ('train_history', 'train_s', 'rank_s'):
+        if hasattr(r, a): setattr(out, a, getattr(r, a))
     return out
 
 def compare_baselines(data, out_dir=None, split:str='test', sasrec:SASRecConfig|None|bool=True,
                       gru4rec:GRU4RecConfig|None|bool=True, k:int=50, extra:dict|None=None, ks=(1, 3, 5, 10, 20, 50),
                       title:str='Baselines', mf:MFConfig|bool=False, tiger=False, index=None, rows=None,
-                      tiger_beams:int|None=None) -> dict:
-    """Popularity, MF, GRU4Rec, SASRec and TIGER (each off with `False`; MF and TIGER off by default, TIGER needs the SID
-    `index`) on `split`, scored on rows `rows` (default all); report written to `out_dir`. TIGER's list has `tiger_beams` (default `k`) items."""
+                      tiger_beams:int|None=None, hstu=False) -> dict:
+    """Popularity, MF, GRU4Rec, SASRec, HSTU and TIGER (each off with `False`; MF, HSTU and TIGER off by default, TIGER needs
+    the SID `index`) on `split`, scored on rows `rows` (default all); report written to `out_dir`. TIGER's list has
+    `tiger_beams` (default `k`) items. Each trained result carries `train_history`, `train_s` and `rank_s` (seconds)."""
     results = dict(extra or {})
-    results['Popularity'] = evaluate_popularity(data, split, k, ks=ks)
+    pop = results['Popularity'] = evaluate_popularity(data, split, k, ks=ks)
+    pop.train_s, pop.rank_s = pop.seconds, 0.0                           # counting is its training; its list is shared
     targets = data.splits[split]['target'].to_numpy(np.int64)
-    for name, cfg, default, train in (('MF', mf, MFConfig, train_mf), ('GRU4Rec', gru4rec, GRU4RecConfig, train_gru4rec),
-                                      ('SASRec', sasrec, SASRecConfig, train_sasrec)):
+    seqs = [('MF', mf, MFConfig, train_mf), ('GRU4Rec', gru4rec, GRU4RecConfig, train_gru4rec), ('SASRec', sasrec, SASRecConfig, train_sasrec)]
+    if hstu is not False:
+        from minionerec.hstu import HSTUConfig, train_hstu
+        seqs.append(('HSTU', hstu, HSTUConfig, train_hstu))
+    for name, cfg, default, train in seqs:
         if cfg is False: continue
         cfg = default() if cfg in (None, True) else cfg
-        with Timer() as t:
-            model, hist = train(data, cfg)
-            ranked = seq_ranking(model, data, split, k)
-        r = evaluate_rankings(name, ranked, targets, data, split, ks=ks, seconds=t.seconds)
-        r.train_history = hist
+        with Timer() as t: model, hist = train(data, cfg)
+        with Timer() as tr: ranked = seq_ranking(model, data, split, k)
+        r = evaluate_rankings(name, ranked, targets, data, split, ks=ks, seconds=t.seconds + tr.seconds)
+        r.train_history, r.train_s, r.rank_s = hist, t.seconds, tr.seconds
         results[name] = r
     if tiger is not False:
         from minionerec.tiger import TIGERConfig, run_tiger

@@ -34,7 +34,7 @@ def stage_evaluate(ctx, out:Path) -> dict:
     off = lambda c: c if c is not None else False
     # every baseline is scored on exactly the rows the generative model was scored on, with the same metric code
     results = compare_baselines(data, None, split=cfg.eval.split, sasrec=off(b.sasrec), gru4rec=off(b.gru4rec), mf=off(b.mf),
-                                tiger=off(b.tiger), index=index, rows=res.rows, tiger_beams=cfg.eval.num_beams, ks=cfg.eval.ks,
+                                tiger=off(b.tiger), hstu=off(b.hstu), index=index, rows=res.rows, tiger_beams=cfg.eval.num_beams, ks=cfg.eval.ks,
                                 extra={'MiniOneRec SFT': res})
     results = {k: v for k, v in results.items() if b.popularity or k != 'Popularity'}
     for k, r in results.items():

@@ -315,7 +315,8 @@ def _search_chunk(model, tokenizer, prompts, trie:SIDTrie, B:int) -> BeamOutput:
     ids, am = encode_prompts(tokenizer, prompts, dev)
     n, S, eos = ids.shape[0], trie.n_steps, trie.eos_id
     start = _start_seq2seq if model.config.is_encoder_decoder else _start_causal
-    logp, advance = start(model, ids, am)                                 # (n, V): the prompt is encoded once per user
+    hook = getattr(model, 'beam_start', None)                            # a model's own incremental decoder, same contract (TIGER)
+    logp, advance = hook(ids, am) if hook is not None else start(model, ids, am)   # (n, V): the prompt is encoded once per user
     nodes = torch.zeros(n, 1, dtype=torch.int64, device=dev)              # one beam (the root) per user before step 0
     run = torch.zeros(n, 1, device=dev)
     seqs = torch.zeros(n, 1, 0, dtype=torch.int64, device=dev)

@@ -32,6 +32,7 @@ from .train import batch_plan, precision_plan, check_report_to
 from .evaluate import EvalConfig, evaluate_model, evaluate_rankings, select_rows
 from .baselines import SASRecConfig, GRU4RecConfig, MFConfig
 from .tiger import TIGERConfig
+from .hstu import HSTUConfig
 from .rewards import RewardConfig, plot_reward_distributions
 from .grpo import GRPOConfig
 from .grpo_trainer import train_grpo, explain_run, explain_line
@@ -113,6 +114,7 @@ class BaselinesSection(Config):
     gru4rec: GRU4RecConfig|None = None                                 # null = skip GRU4Rec
     mf: MFConfig|None = None                                           # null = skip item-based MF
     tiger: TIGERConfig|None = None                                     # null = skip TIGER (trained on the run's SID index)
+    hstu: HSTUConfig|None = None                                       # null = skip HSTU
 
 @dataclass
 class PipelineConfig(Config):

@@ -18,6 +18,7 @@ from .sft import SFTConfig
 from .evaluate import EvalConfig
 from .baselines import SASRecConfig, GRU4RecConfig, MFConfig
 from .tiger import TIGERConfig
+from .hstu import HSTUConfig
 from .grpo import GRPOConfig
 from .rewards import RewardConfig
 from .train import batch_plan, precision_plan
@@ -25,7 +26,7 @@ from .train import batch_plan, precision_plan
 # %% auto #0
 __all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
-# %% ../nbs/13b_presets.ipynb #77eb1fb1
+# %% ../nbs/13b_presets.ipynb #154ea1c1
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
 def preset(name:str) -> PipelineConfig:
@@ -35,7 +36,7 @@ def preset(name:str) -> PipelineConfig:
                               sid=SIDSection(rqvae=RQVAEConfig.tiny()), model=ModelConfig.tiny(), tasks=TaskMixConfig.tiny(),
                               sft=SFTConfig.tiny().replace(epochs=1), eval=EvalConfig.tiny(),
                               baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2), mf=MFConfig.tiny().replace(epochs=2),
-                                                         tiger=TIGERConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny().replace(guide='target'))   # guided groups: the tiny model's RL moves
+                                                         tiger=TIGERConfig.tiny().replace(epochs=2), hstu=HSTUConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny().replace(guide='target'))   # guided groups: the tiny model's RL moves
     if name == 'demo':   # recipe chosen on validation: nbs/10b_recipe.ipynb
         return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
                               embed=EmbedConfig(batch_size=64, max_length=128),
@@ -47,7 +48,9 @@ def preset(name:str) -> PipelineConfig:
                                             micro_batch_size=64, max_length=64, log_every=20),
                               eval=EvalConfig(num_beams=20, batch_size=32),
                               baselines=BaselinesSection(sasrec=SASRecConfig(epochs=200, patience=10), mf=MFConfig(),
-                                                          tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, epochs=20, patience=4, valid_max_users=500)),
+                                                          tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, schedule='inverse_sqrt', lr=3e-3,
+                                                                            warmup_steps=40, max_steps=1200, eval_steps=40, patience=4, valid_max_users=500),
+                                                          hstu=HSTUConfig()),
                               rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=50, lr=1e-3, tasks=('rec',), sft_weight=4.0,
                                             filter_groups=True, keep_best=True, eval_every=5, eval_max_users=500, beam_batch_size=32),
                               rewards=RewardConfig(collab=1.0))   # RL recipe chosen on validation: nbs/12b_rl_levers.ipynb
@@ -62,7 +65,7 @@ def preset(name:str) -> PipelineConfig:
                               sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=0, monitor='NDCG@10',
                                             global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
                               eval=EvalConfig(num_beams=20, batch_size=32),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=15, patience=4)),
+                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=40, patience=4, eval_every=2), hstu=HSTUConfig()),
                               rl=GRPOConfig(num_generations=16, prompts_per_step=512, micro_batch=4, lr=1e-3, warmup_ratio=0.1, max_steps=50, sft_weight=4.0,
                                             max_minutes=15, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
                                             tasks=('rec',), beam_batch_size=32),
@@ -71,7 +74,8 @@ def preset(name:str) -> PipelineConfig:
         return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
                               embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),
                               tasks=TaskMixConfig.paper(), sft=SFTConfig.paper(), eval=EvalConfig.paper(),
-                              baselines=BaselinesSection(sasrec=SASRecConfig.paper(), gru4rec=GRU4RecConfig.paper(), mf=MFConfig(), tiger=TIGERConfig.paper()),
+                              baselines=BaselinesSection(sasrec=SASRecConfig.paper(), gru4rec=GRU4RecConfig.paper(), mf=MFConfig(), tiger=TIGERConfig.paper(),
+                                                         hstu=HSTUConfig.paper()),
                               rl=GRPOConfig.paper(), rewards=RewardConfig.paper())
     raise ConfigError(f"unknown preset {name!r}; presets are 'tiny', 'demo', 'industrial', 'paper' (or pass a YAML file)")
 

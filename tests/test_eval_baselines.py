@@ -92,8 +92,9 @@ def test_popularity_reproduces_reference(amazon_root):
     assert len(ex) == 3 and ex['history'].str.len().min() > 0
 
 
-# --- MF and TIGER ---
+# --- MF, HSTU and TIGER ---
 from minionerec.baselines import MF, MFConfig, train_mf, seq_loss
+from minionerec.hstu import HSTU, HSTULayer, HSTUConfig, train_hstu, hstu_ranking
 from minionerec.core import ConfigError
 from minionerec.sid import SIDIndex
 
@@ -172,13 +173,75 @@ def test_compare_baselines_on_given_rows_with_tiger_and_mf(tmp_path):
     rows = np.array([1, 4, 9, 30, 59])
     res = compare_baselines(data, tmp_path, sasrec=SASRecConfig.tiny().replace(epochs=1), gru4rec=False, k=30, ks=(5, 10),
                             mf=MFConfig.tiny().replace(epochs=1), tiger=TIGERConfig.tiny().replace(epochs=1), index=random_index(30, 6),
-                            rows=rows, tiger_beams=12)
-    assert list(res) == ['Popularity', 'MF', 'SASRec', 'TIGER']
+                            rows=rows, tiger_beams=12, hstu=HSTUConfig.tiny().replace(epochs=1))
+    assert list(res) == ['Popularity', 'MF', 'SASRec', 'HSTU', 'TIGER']
+    for name in ('MF', 'SASRec', 'HSTU', 'TIGER'):            # training and ranking seconds reported apart, summing to `seconds`
+        r = res[name]
+        assert r.train_s > 0 and r.rank_s > 0 and 0 <= r.seconds - r.train_s - r.rank_s < 1, (name, r.train_s, r.rank_s, r.seconds)
     js = json.loads((tmp_path/'metrics.json').read_text())
     for name, r in res.items():
         assert r.rows.tolist() == rows.tolist() and js[name]['rows'] == 5 and js[name]['invalid'] == 0 and js[name]['duplicates'] == 0
         assert r.targets.tolist() == data.splits['test'].target.values[rows].tolist()
     assert js['TIGER']['list_len'] == 12 and js['MF']['list_len'] == 30
-    assert len(res['TIGER'].train_history) == 1 and len(res['MF'].train_history) == 1
+    assert len(res['TIGER'].train_history) == 1 and len(res['MF'].train_history) == 1 and len(res['HSTU'].train_history) == 1
     with pytest.raises(ValueError, match='needs the SID index'):
         compare_baselines(data, None, sasrec=False, gru4rec=False, tiger=TIGERConfig.tiny())
+
+
+def test_hstu_is_causal_and_learns_planted_pattern():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    layer = HSTULayer(hidden=8, heads=2, max_len=6, dropout=0.0).eval()
+    with torch.no_grad(): layer.rab.normal_()
+    x = torch.randn(2, 6, 8)
+    x2 = x.clone(); x2[:, 4:] += 1.0
+    assert layer(x).shape == (2, 6, 8)
+    torch.testing.assert_close(layer(x2)[:, :4], layer(x)[:, :4])           # output at t ignores the items after t
+    assert (layer(x2)[:, 4:] - layer(x)[:, 4:]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match='max_len 6'): layer(torch.randn(1, 7, 8))
+    data = planted_data(n_users=150, n_items=40, seed=7)
+    model, hist = train_hstu(data, HSTUConfig.tiny())
+    assert isinstance(model, HSTU) and hist['loss'].iloc[-1] < hist['loss'].iloc[0]
+    ranked = hstu_ranking(model, data, 'test', k=40)
+    assert ranked.shape == (150, 40) and count_duplicates(ranked) == 0 and count_invalid(ranked, 40) == 0
+    pop = evaluate_popularity(data, 'test', k=40, ks=(10,))
+    m = rank_metrics(ranked, data.splits['test'].target.values, ks=(1, 10))
+    assert m['HR@10'] > pop.metrics['HR@10'] + 0.3 and m['HR@1'] > 0.5, (m, pop.metrics)
+    for bad in (dict(temperature=0.0), dict(hidden=30, heads=4), dict(dropout=1.0), dict(epochs=0), dict(valid_metric='AUC')):
+        with pytest.raises(ConfigError, match='HSTUConfig'): HSTUConfig(**bad)
+
+
+def test_tiger_trains_by_steps_with_inverse_sqrt_schedule():
+    from minionerec.tiger import TIGERConfig, train_tiger, tiger_schedule
+    torch.set_num_threads(1)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sch = tiger_schedule(opt, TIGERConfig(schedule='inverse_sqrt', warmup_steps=10), 1000)
+    lrs = []
+    for _ in range(41): lrs.append(sch.get_last_lr()[0]); opt.step(); sch.step()
+    assert lrs[5] == pytest.approx(5e-4) and lrs[10] == pytest.approx(1e-3) and lrs[40] == pytest.approx(5e-4)
+    data = planted_data(n_users=40, n_items=20, seed=8)
+    cfg = TIGERConfig.tiny().replace(schedule='inverse_sqrt', warmup_steps=3, max_steps=12, eval_steps=5, patience=5)
+    tiger, hist = train_tiger(data, random_index(20, 8), cfg)
+    assert hist['step'].tolist() == [5, 10, 12] and hist['valid_NDCG@10'].notna().all()   # a validation per 5 steps and at the end
+    assert hist['lr'].iloc[-1] == pytest.approx(cfg.lr * math.sqrt(3 / 12))
+    for bad in (dict(max_steps=-1), dict(eval_steps=-1), dict(warmup_steps=-1), dict(schedule='linear')):
+        with pytest.raises(ConfigError): TIGERConfig(**bad)
+
+
+def test_tiger_grouped_decoder_gives_the_hf_lists():
+    "TIGER's own beam decoder (cross-attention shared by a user's beams) returns the Hugging Face cache path's and `generate`'s lists."
+    from minionerec.tiger import TIGERConfig, train_tiger, history_prompts
+    from minionerec.decoding import sid_beam_search, constrained_generate
+    torch.set_num_threads(1)
+    data = planted_data(n_users=40, n_items=20, seed=9)
+    tiger, _ = train_tiger(data, random_index(20, 9), TIGERConfig.tiny().replace(layers=2, epochs=2, eval_every=2))
+    prompts = history_prompts(data.splits['test']['history'][:12], tiger.index)      # histories of 10 items and shorter
+    m, tok, trie = tiger.model, tiger.tokenizer, tiger.trie
+    for B, bs in ((8, 5), (30, 12)):                                                  # 30 beams > 20 items: empty slots
+        fast = sid_beam_search(m, tok, prompts, trie, num_beams=B, batch_size=bs)
+        m.beam_start = None
+        try: slow = sid_beam_search(m, tok, prompts, trie, num_beams=B, batch_size=bs)
+        finally: del m.beam_start
+        assert torch.equal(fast.items, slow.items) and torch.allclose(fast.scores, slow.scores, atol=1e-5)
+        assert torch.equal(fast.items, constrained_generate(m, tok, prompts, trie, num_beams=B, batch_size=4).items)
+    assert (fast.items[:, 20:] == -1).all() and fast.n_duplicates() == 0

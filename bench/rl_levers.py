@@ -24,6 +24,8 @@ def parse_args(argv=None):
     ap.add_argument('--set', nargs='*', default=[], help='config overrides of the variant, e.g. rl.lr=1e-3 rewards.collab=1')
     ap.add_argument('--control', action='store_true', help='continued SFT instead of GRPO (the control)')
     ap.add_argument('--control_steps', type=int, default=150); ap.add_argument('--control_lr', type=float, default=3e-4)
+    ap.add_argument('--init', default=None, help='start from this checkpoint instead of the run\'s SFT checkpoint (e.g. a saved control); the difference is then measured against it')
+    ap.add_argument('--save', default=None, help='copy the resulting model (checkpoint folder) here')
     ap.add_argument('--beams', type=int, default=20, help='beams of the final full-validation ranking')
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--out', default='bench/results/rl_levers.jsonl', help='JSON lines file the result is appended to')
@@ -44,11 +46,11 @@ def full_valid(ctx, tok, models:dict, beams:int) -> dict:
     return {'rows': len(exs), 'sft': round(ndcg[a], 4), 'after': round(ndcg[b], 4), 'delta': round(boot['delta'], 4),
             'lo': round(boot['lo'], 4), 'hi': round(boot['hi'], 4)}
 
-def run_grpo(ctx, cfg):
+def run_grpo(ctx, cfg, init):
     from minionerec.model import load_checkpoint, apply_training_mode
     from minionerec.grpo_trainer import train_grpo, explain_run
     from minionerec.pipeline import collab_scorer
-    model, tok = load_checkpoint(ctx.sft_checkpoint(), dtype=cfg.model.dtype)
+    model, tok = load_checkpoint(init, dtype=cfg.model.dtype)
     model = apply_training_mode(model, cfg.model, tok.convert_tokens_to_ids(ctx.index().vocab()))
     scorer = collab_scorer(ctx)                     # trained (or read from the cache) before the clock starts
     t0 = time.perf_counter()
@@ -58,12 +60,12 @@ def run_grpo(ctx, cfg):
            'evals': res.evals[['step', 'NDCG@10']].round(4).values.tolist(), 'explain': explain_run(res.history, res.evals, res.best_step)}
     return res.model, tok, out
 
-def run_control(ctx, cfg, steps:int, lr:float):
+def run_control(ctx, cfg, steps:int, lr:float, init):
     from minionerec.model import load_checkpoint
     from minionerec.tasks import build_mixture
     from minionerec.sft import train_sft
     from minionerec.pipeline import ranking_score_fn
-    model, tok = load_checkpoint(ctx.sft_checkpoint(), dtype=cfg.model.dtype)
+    model, tok = load_checkpoint(init, dtype=cfg.model.dtype)
     data, index = ctx.data(), ctx.index()
     train = build_mixture(data, index, 'train', cfg.tasks, seed=cfg.seed, tokenizer=tok)
     valid = build_mixture(data, index, 'valid', cfg.tasks, seed=cfg.seed, tokenizer=tok)[:cfg.max_valid_examples or None]
@@ -82,9 +84,13 @@ def main(argv=None):
     from minionerec.model import load_checkpoint
     cfg = load_config(a.config, [f'run_dir={a.run}'] + a.set)
     ctx = RunContext(cfg)
-    model, tok, out = run_control(ctx, cfg, a.control_steps, a.control_lr) if a.control else run_grpo(ctx, cfg)
-    sft, _ = load_checkpoint(ctx.sft_checkpoint(), dtype=cfg.model.dtype)
-    out = {'tag': a.tag, 'kind': 'control: continued SFT' if a.control else 'grpo', 'set': a.set, **out,
+    init = a.init or ctx.sft_checkpoint()
+    model, tok, out = run_control(ctx, cfg, a.control_steps, a.control_lr, init) if a.control else run_grpo(ctx, cfg, init)
+    if a.save:
+        from minionerec.model import save_checkpoint
+        save_checkpoint(model, tok, a.save, index=ctx.index())
+    sft, _ = load_checkpoint(init, dtype=cfg.model.dtype)
+    out = {'tag': a.tag, 'kind': 'control: continued SFT' if a.control else 'grpo', 'set': a.set, 'init': str(a.init) if a.init else 'sft', **out,
            'valid': full_valid(ctx, tok, {'SFT': sft, 'after': model}, a.beams), 'run': str(a.run)}
     print(json.dumps(out))
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

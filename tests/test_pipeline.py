@@ -227,3 +227,27 @@ def test_report_interval_above_zero_for_a_model_better_on_every_row(tiny_run, tm
     rl['row'] = rl['row'] + 1; rl.to_csv(copy/'rl'/'ranks.csv', index=False)
     r = cli('report', '--config', 'tiny', '--run-dir', str(copy))
     assert r.returncode == 2 and 'rl/ranks.csv holds other rows than' in r.stderr, r.stderr[-2000:]
+
+# ---------------------------------------------------------------- one seed sets every seed; several seeds give a spread
+
+def test_seeds_option_runs_each_seed_with_every_sub_seed_and_summarises(tmp_path):
+    "`--set seeds=[1,2]`: one run per seed in run_dir/seed_<s>, every unpinned sub-seed = s in its resolved config, a mean/spread summary."
+    import pandas as pd
+    from minionerec.presets import load_config
+    from operator import attrgetter
+    from minionerec.pipeline import seed_paths
+    run = tmp_path/'seeds'
+    r = cli('pipeline', '--config', 'tiny', '--run-dir', str(run), '--set', 'seeds=[1,2]', '--set', 'model.seed=5',
+            '--set', 'stages=[prepare,embed,sid,sft,evaluate,report]')
+    assert r.returncode == 0, r.stderr[-3000:]
+    for s in (1, 2):
+        c = load_config(str(run/f'seed_{s}'/'resolved_config.yaml'))
+        assert c.seed == s and c.model.seed == 5 and c.pinned_seeds == ['model.seed'] and c.seeds == []
+        assert {p: attrgetter(p)(c) for p in seed_paths(c) if p != 'model.seed'} == {p: s for p in seed_paths(c) if p != 'model.seed'}
+        assert (run/f'seed_{s}'/'report'/'report.md').exists()
+    summ = pd.read_csv(run/'seeds'/'summary.csv')
+    test = summ[(summ.split == 'test') & (summ.metric == 'NDCG@10')].set_index('model')
+    assert {'MiniOneRec SFT', 'SASRec', 'Popularity'} <= set(test.index) and (test['count'] == 2).all()
+    per = pd.read_csv(run/'seeds'/'per_seed.csv')
+    assert sorted(per.seed.unique()) == [1, 2]
+    assert '± ' in (run/'seeds'/'summary.md').read_text()

@@ -233,7 +233,7 @@ def rank_prompts(model, tokenizer, prompts:list[str], trie, num_beams:int=50, ba
         parts = sorted(gather_object(parts), key=lambda p: p[0])
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
-# %% ../nbs/09_evaluate.ipynb #5c60271f
+# %% ../nbs/09_evaluate.ipynb #3df29404
 @dataclass
 class EvalConfig(Config):
     "How a generative model is evaluated."
@@ -243,6 +243,7 @@ class EvalConfig(Config):
     ks: tuple[int, ...]|None = None     # cut-offs K of HR@K / NDCG@K / MRR@K, each <= num_beams (null = those of 1, 3, 5, 10, 20, 50 within num_beams)
     max_users: int|None = None          # evaluate a seeded random subset of this many rows (None = all)
     seed: int = 42                      # seed of that subset
+    valid_too: bool = True              # the evaluate stage also ranks the validation split with every model (reports show both splits)
 
     def validate(self):
         if self.split not in ('train', 'valid', 'test'): raise ConfigError(f"EvalConfig.split must be 'train', 'valid' or 'test', got {self.split!r}")
@@ -409,7 +410,7 @@ def bootstrap_lines(table:list[dict], title:str='Paired bootstrap: every generat
                      f"{f(t['ratio_hi'], '.3f')}] | {t['p_b_better']:.2f} | {t.get('p_b_worse', float('nan')):.2f} | {t['rows']} | {users} |")
     return lines + ['']
 
-# %% ../nbs/09_evaluate.ipynb #59eec681
+# %% ../nbs/09_evaluate.ipynb #f2472b13
 def _summary(v) -> dict:
     if isinstance(v, EvalResult): return v.summary()
     if isinstance(v, dict): return dict(v)
@@ -462,7 +463,7 @@ def provenance_lines(p:dict) -> list[str]:
     return ['## Provenance', '', f"- commit: `{p['commit']}`{dirty}", f"- python {p['python']}, torch threads: {p['torch_threads']}",
             '- ' + ', '.join(f'{k} {v}' for k, v in p['versions'].items()), '']
 
-def write_report(results:dict, out_dir, ks=(3, 5, 10), title:str='Results', plot:bool=True, notes:str='') -> dict:
+def write_report(results:dict, out_dir, ks=(3, 5, 10), title:str='Results', plot:bool=True, notes:str='', with_provenance:bool=True) -> dict:
     "Write `metrics.json`, `results.md` (with wall times, beyond accuracy and `provenance()`) (and `results.png`) to `out_dir` atomically; returns the paths."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     summ = {n: _summary(v) for n, v in results.items()}
@@ -477,7 +478,7 @@ def write_report(results:dict, out_dir, ks=(3, 5, 10), title:str='Results', plot
             md += (f"| {n} | {s.get('split', '-')} | {s.get('rows', '-')} | {s.get('list_len', '-')} | {s.get('invalid', '-')} | {s.get('duplicates', '-')} | "
                    f"{fmt(s.get('coverage@10'), '.3f')} | {fmt(s.get('popularity@10'), '.1f')} | {fmt(s.get('train_s'))} | {fmt(s.get('rank_s', s.get('seconds')))} |\n")
     if notes: md += '\n' + notes.strip() + '\n'
-    md += '\n' + '\n'.join(provenance_lines(provenance()))
+    if with_provenance: md += '\n' + '\n'.join(provenance_lines(provenance()))
     paths['md'] = write_text(out_dir/'results.md', md)
     if plot:
         import matplotlib.pyplot as plt

@@ -348,7 +348,7 @@ def sasrec_scorer(model) -> Callable:
         return sc[0].detach().float().cpu().numpy()
     return scorer
 
-# %% ../nbs/10_baselines.ipynb #88d5e6f8
+# %% ../nbs/10_baselines.ipynb #2a032074
 def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
     "`r` re-scored on the rows `rows` of its split (a subset of the rows it ranked), keeping its training history."
     if np.array_equal(r.rows, rows): return r
@@ -356,22 +356,24 @@ def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
     missing = [int(x) for x in rows if int(x) not in pos]
     if missing: raise ValueError(f'{r.name} has no ranking for row {missing[0]} of {r.split!r}')
     sel = [pos[int(x)] for x in rows]
-    out = evaluate_rankings(r.name, r.ranked[sel], r.targets[sel], data, r.split, rows=rows, ks=ks, seconds=r.seconds)
-    for a in ('train_history', 'train_s', 'rank_s'):
+    out = evaluate_rankings(r.name, r.ranked[sel], r.targets[sel], data, r.split, rows=rows, ks=ks, seconds=r.seconds, train_seconds=r.train_seconds)
+    for a in ('train_history', 'also'):
         if hasattr(r, a): setattr(out, a, getattr(r, a))
     return out
 
 def compare_baselines(data, out_dir=None, split:str='test', sasrec:SASRecConfig|None|bool=True,
                       gru4rec:GRU4RecConfig|None|bool=True, k:int=50, extra:dict|None=None, ks=(1, 3, 5, 10, 20, 50),
                       title:str='Baselines', mf:MFConfig|bool=False, tiger=False, index=None, rows=None,
-                      tiger_beams:int|None=None, hstu=False) -> dict:
-    """Popularity, MF, GRU4Rec, SASRec, HSTU and TIGER (each off with `False`; MF, HSTU and TIGER off by default, TIGER needs
-    the SID `index`) on `split`, scored on rows `rows` (default all); report written to `out_dir`. TIGER's list has
-    `tiger_beams` (default `k`) items. Each trained result carries `train_history`, `train_s` and `rank_s` (seconds)."""
-    results = dict(extra or {})
-    pop = results['Popularity'] = evaluate_popularity(data, split, k, ks=ks)
-    pop.train_s, pop.rank_s = pop.seconds, 0.0                           # counting is its training; its list is shared
-    targets = data.splits[split]['target'].to_numpy(np.int64)
+                      tiger_beams:int|None=None, also:dict|None=None, hstu=False) -> dict:
+    """Popularity, MF, GRU4Rec, SASRec, HSTU and TIGER (each off with `False`; MF, HSTU and TIGER off by default, TIGER needs the SID
+    `index`) on `split`, scored on rows `rows` (default all); report written to `out_dir`. TIGER's list has `tiger_beams` (default `k`) items.
+    `also` = `{other split: rows or None}`: the same trained models rank those too, in `result.also[split]`."""
+    results, also = dict(extra or {}), dict(also or {})
+    splits = {split: rows, **also}
+    rank = lambda name, ranked, sp, t, tt: evaluate_rankings(name, ranked, data.splits[sp]['target'].to_numpy(np.int64), data, sp, ks=ks,
+                                                             seconds=t, train_seconds=tt)
+    results['Popularity'] = evaluate_popularity(data, split, k, ks=ks)
+    results['Popularity'].also = {sp: evaluate_popularity(data, sp, k, ks=ks) for sp in also}
     seqs = [('MF', mf, MFConfig, train_mf), ('GRU4Rec', gru4rec, GRU4RecConfig, train_gru4rec), ('SASRec', sasrec, SASRecConfig, train_sasrec)]
     if hstu is not False:
         from minionerec.hstu import HSTUConfig, train_hstu
@@ -379,17 +381,28 @@ def compare_baselines(data, out_dir=None, split:str='test', sasrec:SASRecConfig|
     for name, cfg, default, train in seqs:
         if cfg is False: continue
         cfg = default() if cfg in (None, True) else cfg
-        with Timer() as t: model, hist = train(data, cfg)
-        with Timer() as tr: ranked = seq_ranking(model, data, split, k)
-        r = evaluate_rankings(name, ranked, targets, data, split, ks=ks, seconds=t.seconds + tr.seconds)
-        r.train_history, r.train_s, r.rank_s = hist, t.seconds, tr.seconds
+        with Timer() as tt: model, hist = train(data, cfg)
+        rs = {}
+        for sp in splits:
+            with Timer() as t: ranked = seq_ranking(model, data, sp, k)
+            rs[sp] = rank(name, ranked, sp, t.seconds, tt.seconds)
+        r = rs.pop(split); r.train_history, r.also = hist, rs
         results[name] = r
     if tiger is not False:
-        from minionerec.tiger import TIGERConfig, run_tiger
+        from minionerec.tiger import TIGERConfig, train_tiger, evaluate_tiger
         if index is None: raise ValueError('compare_baselines: TIGER needs the SID index (index=...)')
-        results['TIGER'] = run_tiger(data, index, TIGERConfig() if tiger in (None, True) else tiger, split, tiger_beams or k, rows, ks)
-    if rows is not None:
-        rows = np.asarray(rows, dtype=np.int64)
-        results = {n: _on_rows(r, data, rows, ks) if isinstance(r, EvalResult) else r for n, r in results.items()}
+        tcfg = TIGERConfig() if tiger in (None, True) else tiger
+        with Timer() as tt: model, hist = train_tiger(data, index, tcfg)
+        rs = {sp: evaluate_tiger(model, data, sp, tiger_beams or k, r, ks, tcfg.eval_batch_size) for sp, r in splits.items()}
+        for r in rs.values(): r.train_seconds = tt.seconds
+        r = rs.pop(split); r.train_history, r.also = hist, rs
+        results['TIGER'] = r
+    for sp, rw in splits.items():
+        if rw is None: continue
+        rw = np.asarray(rw, dtype=np.int64)
+        for n, r in results.items():
+            if not isinstance(r, EvalResult): continue
+            if sp == split: results[n] = _on_rows(r, data, rw, ks)
+            elif sp in getattr(r, 'also', {}): r.also[sp] = _on_rows(r.also[sp], data, rw, ks)
     if out_dir is not None: write_report(results, out_dir, title=title)
     return results

@@ -13,12 +13,13 @@ import pandas as pd
 from .core import Config, ConfigError, Timer, get_logger, set_seed, write_json, write_text, atomic_write, save_fig, multi_process_cpu
 
 # %% auto #0
-__all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'GENERATIVE', 'rank_of_target', 'rank_discount', 'row_metric', 'hr_from_ranks',
-           'ndcg_from_ranks', 'mrr_from_ranks', 'hit_rate_at_k', 'ndcg_at_k', 'mrr', 'metrics_from_ranks',
-           'rank_metrics', 'count_invalid', 'count_empty', 'count_duplicates', 'history_bucket', 'breakdown',
-           'EvalResult', 'evaluate_rankings', 'process_state', 'shard_slice', 'rank_prompts', 'EvalConfig',
-           'select_rows', 'evaluate_model', 'decoded_examples', 'paired_bootstrap', 'comparison_lines', 'rank_table',
-           'bootstrap_pairs', 'bootstrap_table', 'bootstrap_lines', 'results_table', 'plot_results', 'write_report']
+__all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'GENERATIVE', 'KEY_COLUMNS', 'rank_of_target', 'rank_discount', 'row_metric',
+           'hr_from_ranks', 'ndcg_from_ranks', 'mrr_from_ranks', 'hit_rate_at_k', 'ndcg_at_k', 'mrr',
+           'metrics_from_ranks', 'rank_metrics', 'count_invalid', 'count_empty', 'count_duplicates', 'history_bucket',
+           'breakdown', 'repeat_labels', 'beyond_accuracy', 'EvalResult', 'evaluate_rankings', 'process_state',
+           'shard_slice', 'rank_prompts', 'EvalConfig', 'select_rows', 'evaluate_model', 'decoded_examples',
+           'paired_bootstrap', 'comparison_lines', 'rank_table', 'bootstrap_pairs', 'bootstrap_table',
+           'bootstrap_lines', 'results_table', 'plot_results', 'provenance', 'provenance_lines', 'write_report']
 
 # %% ../nbs/09_evaluate.ipynb #3e502a83
 def _check_ranked(ranked, targets=None):
@@ -110,7 +111,7 @@ def count_duplicates(ranked) -> int:
     rep = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] != -1)
     return int(rep.sum())
 
-# %% ../nbs/09_evaluate.ipynb #588b6852
+# %% ../nbs/09_evaluate.ipynb #afe1c46b
 HIST_BUCKETS = ((1, 1), (2, 2), (3, 4), (5, 7), (8, 10))
 
 def history_bucket(n:int, buckets=HIST_BUCKETS) -> str:
@@ -128,6 +129,19 @@ def breakdown(ranks, groups, ks=(3, 5, 10), list_len:int|None=None) -> pd.DataFr
         rows.append({'group': g, 'rows': int(sel.sum()), **metrics_from_ranks(ranks[sel], ks, list_len)})
     return pd.DataFrame(rows).set_index('group')
 
+def repeat_labels(histories, targets) -> list[str]:
+    "`'repeat'` for a row whose target is already in its history, else `'new'`."
+    return ['repeat' if int(t) in set(map(int, h)) else 'new' for h, t in zip(histories, targets)]
+
+def beyond_accuracy(ranked, data, k:int=10) -> dict:
+    """Beyond accuracy of the top-`k` lists (k capped at the list length): `coverage@k`, the share of the catalogue that
+    appears in any list, and `popularity@k`, the mean train popularity (times the item is a train target) of the listed items."""
+    ranked = np.asarray(ranked); k = min(k, ranked.shape[1]); n = len(data.items)
+    top = ranked[:, :k].reshape(-1); top = top[(top >= 0) & (top < n)]
+    tr = data.splits.get('train')
+    counts = np.bincount(tr['target'].to_numpy(np.int64), minlength=n) if tr is not None else np.zeros(n)
+    return {f'coverage@{k}': len(np.unique(top)) / max(n, 1), f'popularity@{k}': float(counts[top].mean()) if top.size else float('nan')}
+
 @dataclass
 class EvalResult:
     "Outcome of scoring one ranker on one split."
@@ -141,23 +155,29 @@ class EvalResult:
     n_invalid: int = 0              # ids outside the catalogue (must be 0)
     n_duplicates: int = 0           # repeated ids within a list (must be 0)
     n_empty: int = 0                # empty slots (-1)
-    seconds: float|None = None      # wall time of producing the rankings (+ scoring)
+    seconds: float|None = None      # wall time of producing the rankings (+ scoring), training excluded
     by_history: pd.DataFrame|None = None  # metrics per history-length bucket
     by_task: pd.DataFrame|None = None     # metrics per task (when rows come from several tasks)
+    users: np.ndarray|None = None         # (U,) user id of each row: the unit a clustered bootstrap resamples
+    train_seconds: float|None = None      # wall time of training the ranker (None: trained by another stage)
+    by_repeat: pd.DataFrame|None = None   # metrics on rows whose target is in the history ('repeat') or not ('new')
+    beyond: dict = field(default_factory=dict)  # beyond accuracy: `coverage@K`, `popularity@K` (see `beyond_accuracy`)
 
     def summary(self) -> dict:
-        "Metrics plus counts and wall time: what `metrics.json` stores for this model."
-        return {**self.metrics, 'rows': int(len(self.ranks)), 'list_len': int(self.ranked.shape[1]),
+        "Metrics, beyond-accuracy numbers, counts and wall times (`train_s`, `rank_s`, `seconds` = both): what `metrics.json` stores."
+        r = lambda x: None if x is None else round(float(x), 3)
+        total = None if self.seconds is None and self.train_seconds is None else (self.seconds or 0.0) + (self.train_seconds or 0.0)
+        return {**self.metrics, **self.beyond, 'rows': int(len(self.ranks)), 'list_len': int(self.ranked.shape[1]),
                 'invalid': self.n_invalid, 'duplicates': self.n_duplicates, 'empty': self.n_empty,
-                'seconds': None if self.seconds is None else round(float(self.seconds), 3), 'split': self.split}
+                'train_s': r(self.train_seconds), 'rank_s': r(self.seconds), 'seconds': r(total), 'split': self.split}
 
     def __repr__(self):
         ms = ', '.join(f'{k}={v:.4f}' for k, v in self.metrics.items() if k in ('HR@10', 'NDCG@10', 'MRR@10'))
         return f'EvalResult({self.name!r}, {self.split}, rows={len(self.ranks)}, {ms}, invalid={self.n_invalid}, duplicates={self.n_duplicates})'
 
-# %% ../nbs/09_evaluate.ipynb #87a31b5e
+# %% ../nbs/09_evaluate.ipynb #4d8f2d12
 def evaluate_rankings(name:str, ranked, targets, data, split:str='test', rows=None, tasks=None,
-                      ks=DEFAULT_KS, seconds:float|None=None) -> EvalResult:
+                      ks=DEFAULT_KS, seconds:float|None=None, train_seconds:float|None=None) -> EvalResult:
     "Score ranked lists `(U, B)` of item ids against `targets` `(U,)` for rows `rows` of `data.splits[split]`."
     with Timer() as t:
         ranked, targets = _check_ranked(ranked, targets)
@@ -170,12 +190,15 @@ def evaluate_rankings(name:str, ranked, targets, data, split:str='test', rows=No
         B = ranked.shape[1]
         hist_len = df['history'].map(len).to_numpy()[rows]
         by_hist = breakdown(ranks, [history_bucket(int(n)) for n in hist_len], (3, 5, 10), B)
+        by_rep = breakdown(ranks, repeat_labels(df['history'].to_numpy()[rows], targets), (3, 5, 10), B)
         by_task = None
         if tasks is not None and len(set(tasks)) > 1: by_task = breakdown(ranks, list(tasks), (3, 5, 10), B)
+        users = df['user_id'].to_numpy()[rows] if 'user_id' in df else None
         res = EvalResult(name=name, split=split, metrics=metrics_from_ranks(ranks, ks, B), ranks=ranks, ranked=ranked,
                          targets=targets, rows=rows, n_invalid=count_invalid(ranked, len(data.items)),
-                         n_duplicates=count_duplicates(ranked), n_empty=count_empty(ranked), by_history=by_hist, by_task=by_task)
-    res.seconds = (seconds or 0.0) + t.seconds
+                         n_duplicates=count_duplicates(ranked), n_empty=count_empty(ranked), by_history=by_hist, by_task=by_task,
+                         users=users, by_repeat=by_rep, beyond=beyond_accuracy(ranked, data))
+    res.seconds, res.train_seconds = (seconds or 0.0) + t.seconds, train_seconds
     return res
 
 # %% ../nbs/09_evaluate.ipynb #d17383ca
@@ -220,6 +243,7 @@ class EvalConfig(Config):
     ks: tuple[int, ...]|None = None     # cut-offs K of HR@K / NDCG@K / MRR@K, each <= num_beams (null = those of 1, 3, 5, 10, 20, 50 within num_beams)
     max_users: int|None = None          # evaluate a seeded random subset of this many rows (None = all)
     seed: int = 42                      # seed of that subset
+    valid_too: bool = True              # the evaluate stage also ranks the validation split with every model (reports show both splits)
 
     def validate(self):
         if self.split not in ('train', 'valid', 'test'): raise ConfigError(f"EvalConfig.split must be 'train', 'valid' or 'test', got {self.split!r}")
@@ -281,82 +305,113 @@ def decoded_examples(result:EvalResult, data, n:int=5, top:int=5, seed:int=0, wi
     out = pd.DataFrame(out); out['rank'] = out['rank'].astype('Int64')   # <NA> = target not in the list
     return out
 
-# %% ../nbs/09_evaluate.ipynb #b74c5cb9
-def paired_bootstrap(ranks_a, ranks_b, metric:str='NDCG', k:int=10, n_boot:int=2000, alpha:float=0.05, seed:int=0) -> dict:
-    "Difference (b - a) of a metric over the same rows, its (1 - alpha) percentile bootstrap interval and P(b better)."
+# %% ../nbs/09_evaluate.ipynb #beb32998
+def _cluster_sums(ma, mb, groups):
+    "Per-cluster sums of the two metrics, of their difference, and row counts (clusters = `groups`, or one per row)."
+    g = np.arange(len(ma)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    G = int(g.max()) + 1
+    return np.bincount(g, ma, G), np.bincount(g, mb, G), np.bincount(g, mb - ma, G), np.bincount(g, minlength=G).astype(np.float64)
+
+def paired_bootstrap(ranks_a, ranks_b, metric:str='NDCG', k:int=10, n_boot:int=2000, alpha:float=0.05, seed:int=0, groups=None) -> dict:
+    """Difference (b - a) of a metric over the same rows, its (1 - alpha) percentile bootstrap interval, the ratio b / a with its
+    interval and P(b better) / P(b worse); `groups` (one label per row, e.g. the user): resample whole groups (cluster bootstrap)."""
     a, b = np.asarray(ranks_a), np.asarray(ranks_b)
     if a.shape != b.shape or a.ndim != 1: raise ValueError(f'paired_bootstrap needs two rank vectors over the same rows, got shapes {a.shape} and {b.shape}')
     if not len(a): raise ValueError('paired_bootstrap needs at least one row')
+    if groups is not None and len(groups) != len(a): raise ValueError(f'paired_bootstrap: {len(groups)} group labels for {len(a)} rows')
     ma, mb = row_metric(a, metric, k), row_metric(b, metric, k)
-    d = mb - ma
-    idx = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
-    boot = d[idx].mean(1)
-    ra = ma[idx].mean(1); ratio = mb[idx].mean(1) / np.where(ra > 0, ra, 1)   # b / a in each resample (defined where a > 0)
+    sa, sb, sd, n = _cluster_sums(ma, mb, groups)
+    rng, A, B, D, N = np.random.default_rng(seed), [], [], [], []
+    for start in range(0, n_boot, 256):                  # blocks of resamples bound the memory: (256, clusters) indices
+        idx = rng.integers(0, len(n), size=(min(256, n_boot - start), len(n)))
+        for acc, x in ((A, sa), (B, sb), (D, sd), (N, n)): acc.append(x[idx].sum(1))
+    A, B, D, N = map(np.concatenate, (A, B, D, N))
+    boot, ratio = D / N, B / np.where(A > 0, A, 1)       # b - a and b / a in each resample (the ratio where a > 0)
     q = lambda x, p: float(np.quantile(x, p))
-    name = f'{metric}@{k}'
-    return {'metric': name, 'a': float(ma.mean()), 'b': float(mb.mean()), 'delta': float(d.mean()),
+    d = mb - ma; tol = 1e-12                             # |difference| below tol is a tie (rounding of equal sums)
+    return {'metric': f'{metric}@{k}', 'a': float(ma.mean()), 'b': float(mb.mean()), 'delta': float(d.mean()),
             'lo': q(boot, alpha / 2), 'hi': q(boot, 1 - alpha / 2),
-            'p_b_better': float((boot > 0).mean()), 'rows': int(len(d)), 'rows_changed': int((d != 0).sum()),
+            'p_b_better': float((boot > tol).mean()), 'p_b_worse': float((boot < -tol).mean()),
+            'rows': int(len(d)), 'clusters': int(len(n)), 'rows_changed': int((d != 0).sum()),
             'ratio': float(mb.mean() / ma.mean()) if ma.mean() > 0 else None,
-            'ratio_lo': q(ratio, alpha / 2) if (ra > 0).all() else None, 'ratio_hi': q(ratio, 1 - alpha / 2) if (ra > 0).all() else None}
+            'ratio_lo': q(ratio, alpha / 2) if (A > 0).all() else None, 'ratio_hi': q(ratio, 1 - alpha / 2) if (A > 0).all() else None}
 
 def comparison_lines(comp:dict) -> list[str]:
     "Markdown: SFT vs SFT+RL per split (`comp['bootstrap']`: `paired_bootstrap` results) with the interval of the difference."
     lines = ['## SFT vs SFT+RL', '', 'Same code and rows as the results table; the difference (SFT+RL - SFT) with a 95% paired '
-             'bootstrap interval over rows and the share of resamples in which SFT+RL is better.', '',
-             '| split | rows | metric | SFT | SFT+RL | difference | 95% interval | P(RL better) | rows changed |', '|---|---:|---|---:|---:|---:|---|---:|---:|']
+             'bootstrap interval that resamples users (all rows of a user together; `clusters` = users) and the shares of resamples in '
+             'which SFT+RL is better and worse.', '',
+             '| split | rows | users | metric | SFT | SFT+RL | difference | 95% interval | P(RL better) | P(RL worse) | rows changed |',
+             '|---|---:|---:|---|---:|---:|---:|---|---:|---:|---:|']
     for sp, bs in comp['bootstrap'].items():
         for b in bs:
-            lines.append(f"| {sp} | {b['rows']} | {b['metric']} | {b['a']:.4f} | {b['b']:.4f} | {b['delta']:+.4f} | "
-                         f"[{b['lo']:+.4f}, {b['hi']:+.4f}] | {b['p_b_better']:.2f} | {b['rows_changed']} |")
+            lines.append(f"| {sp} | {b['rows']} | {b.get('clusters', '-')} | {b['metric']} | {b['a']:.4f} | {b['b']:.4f} | {b['delta']:+.4f} | "
+                         f"[{b['lo']:+.4f}, {b['hi']:+.4f}] | {b['p_b_better']:.2f} | {b.get('p_b_worse', float('nan')):.2f} | {b['rows_changed']} |")
     return lines + ['', '![GRPO](../rl/grpo.png)', '', '![rewards before and after RL](../rl/reward_distributions.png)', '']
 
-# %% ../nbs/09_evaluate.ipynb #94a5ce6b
+# %% ../nbs/09_evaluate.ipynb #df319597
 GENERATIVE = ('MiniOneRec SFT', 'MiniOneRec SFT+RL')   # the generative rows of a report, in stage order
 
+KEY_COLUMNS = ('row', 'target', 'user_id')            # the columns of a rank table that are not a model
+
 def rank_table(results:dict) -> pd.DataFrame:
-    "`row`, `target` and one column of 1-based ranks (0 = not in the list) per `EvalResult` of `results`; all must share rows and targets."
+    "`row`, `target`, `user_id` (when known) and one column of 1-based ranks (0 = not in the list) per `EvalResult` of `results`; all must share rows and targets."
     rs = {n: r for n, r in results.items() if isinstance(r, EvalResult)}
     if not rs: raise ValueError('rank_table needs at least one EvalResult')
     (n0, r0), *rest = rs.items()
     for n, r in rest:
         if r.split != r0.split or not (np.array_equal(r.rows, r0.rows) and np.array_equal(r.targets, r0.targets)):
             raise ValueError(f'rank_table: {n!r} was scored on other rows than {n0!r} ({r.split}: {len(r.rows)} rows, {r0.split}: {len(r0.rows)} rows)')
-    return pd.DataFrame({'row': np.asarray(r0.rows, np.int64), 'target': np.asarray(r0.targets, np.int64),
+    users = {} if r0.users is None else {'user_id': np.asarray(r0.users)}
+    return pd.DataFrame({'row': np.asarray(r0.rows, np.int64), 'target': np.asarray(r0.targets, np.int64), **users,
                          **{n: np.asarray(r.ranks, np.int64) for n, r in rs.items()}})
 
 def bootstrap_pairs(names, generative=GENERATIVE) -> list[tuple]:
     "`(a, b)` pairs (b is judged against a): each generative row against every other model, then against the generative row before it."
     gen = [g for g in generative if g in names]
-    return [(o, g) for g in gen for o in names if o not in generative and o not in ('row', 'target')] + list(zip(gen, gen[1:]))
+    return [(o, g) for g in gen for o in names if o not in generative and o not in KEY_COLUMNS] + list(zip(gen, gen[1:]))
 
 def bootstrap_table(ranks:pd.DataFrame, pairs, metrics=(('NDCG', 10), ('HR', 10)), list_len:dict|None=None,
                     n_boot:int=2000, seed:int=0) -> list[dict]:
     """`paired_bootstrap` of every pair `(a, b)` of `ranks` columns and (metric, K), K capped at both list lengths: one dict each,
-    `{'model': b, 'vs': a, 'metric', 'a': mean of a, 'b': mean of b, 'delta': b - a, 'lo', 'hi', 'ratio': b / a, 'ratio_lo', 'ratio_hi', ...}`."""
+    `{'model': b, 'vs': a, 'metric', 'a': mean of a, 'b': mean of b, 'delta': b - a, 'lo', 'hi', 'row_lo', 'row_hi', 'ratio': b / a,
+    'ratio_lo', 'ratio_hi', 'p_b_better', 'p_b_worse', 'resampled': 'users'|'rows', ...}`: `lo`/`hi` resample users when `ranks` has
+    a `user_id` column, `row_lo`/`row_hi` resample rows."""
     missing = sorted({x for p in pairs for x in p} - set(ranks.columns))
     if missing: raise ValueError(f'bootstrap_table: no ranks for {missing}; columns are {list(ranks.columns)}')
+    users = ranks['user_id'].astype(str).to_numpy() if 'user_id' in ranks else None
     out = []
     for a, b in pairs:
         for m, k in metrics:
             k = min([k] + [int(list_len[x]) for x in (a, b) if list_len and x in list_len])
-            out.append({'model': b, 'vs': a, **paired_bootstrap(ranks[a].to_numpy(), ranks[b].to_numpy(), m, k, n_boot=n_boot, seed=seed)})
+            ra, rb = ranks[a].to_numpy(), ranks[b].to_numpy()
+            row = paired_bootstrap(ra, rb, m, k, n_boot=n_boot, seed=seed)
+            main = row if users is None else paired_bootstrap(ra, rb, m, k, n_boot=n_boot, seed=seed, groups=users)
+            out.append({'model': b, 'vs': a, **main, 'row_lo': row['lo'], 'row_hi': row['hi'], 'resampled': 'rows' if users is None else 'users'})
     return out
 
 def bootstrap_lines(table:list[dict], title:str='Paired bootstrap: every generative row against every baseline') -> list[str]:
-    "Markdown of `bootstrap_table`: means, difference (model - vs), its 95% interval, ratio of means with its interval, P(model better)."
+    """Markdown of `bootstrap_table` (a `split` column when its dicts carry one): means, difference (model - vs), its 95% interval
+    resampling users and (second) rows, ratio of means with its interval, P(model better), P(model worse), rows and users."""
     f = lambda x, fmt: '-' if x is None else format(x, fmt)
+    sp = any('split' in t for t in table)
     lines = [f'## {title}', '', 'Identical rows and metric code for every model; the difference of the means (model - vs) with its 95% '
-             'paired-bootstrap interval over rows (the same resamples for every pair), the ratio of the means with its interval, and the '
-             'share of resamples in which the model is better. An interval above 0 is a win beyond row-sampling noise.', '',
-             '| model | vs | metric | mean (model) | mean (vs) | difference | 95% interval | ratio | ratio interval | P(better) | rows |',
-             '|---|---|---|---:|---:|---:|---|---:|---|---:|---:|']
+             'paired-bootstrap interval resampling users (all rows of a user together: the rows of one user are not independent), the '
+             'interval resampling rows beside it (narrower, for reference), the ratio of the means with its user-resampled interval, and the '
+             'shares of resamples in which the model is better and worse (identical models: 0 and 0). The same resamples serve every pair. '
+             'An interval above 0 is a win beyond the noise of which users were sampled.', '',
+             ('| split ' if sp else '') + '| model | vs | metric | mean (model) | mean (vs) | difference | 95% interval (users) | 95% interval (rows) '
+             '| ratio | ratio interval | P(better) | P(worse) | rows | users |',
+             ('|---' if sp else '') + '|---|---|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|']
     for t in table:
-        lines.append(f"| {t['model']} | {t['vs']} | {t['metric']} | {t['b']:.4f} | {t['a']:.4f} | {t['delta']:+.4f} | [{t['lo']:+.4f}, {t['hi']:+.4f}] | "
-                     f"{f(t['ratio'], '.3f')} | [{f(t['ratio_lo'], '.3f')}, {f(t['ratio_hi'], '.3f')}] | {t['p_b_better']:.2f} | {t['rows']} |")
+        users = t['clusters'] if t.get('resampled') == 'users' else '-'
+        lines.append(('| ' + t.get('split', '-') + ' ' if sp else '') +
+                     f"| {t['model']} | {t['vs']} | {t['metric']} | {t['b']:.4f} | {t['a']:.4f} | {t['delta']:+.4f} | [{t['lo']:+.4f}, {t['hi']:+.4f}] | "
+                     f"[{t.get('row_lo', t['lo']):+.4f}, {t.get('row_hi', t['hi']):+.4f}] | {f(t['ratio'], '.3f')} | [{f(t['ratio_lo'], '.3f')}, "
+                     f"{f(t['ratio_hi'], '.3f')}] | {t['p_b_better']:.2f} | {t.get('p_b_worse', float('nan')):.2f} | {t['rows']} | {users} |")
     return lines + ['']
 
-# %% ../nbs/09_evaluate.ipynb #aa863512
+# %% ../nbs/09_evaluate.ipynb #f2472b13
 def _summary(v) -> dict:
     if isinstance(v, EvalResult): return v.summary()
     if isinstance(v, dict): return dict(v)
@@ -385,18 +440,46 @@ def plot_results(results:dict, ks=(3, 5, 10), metrics=('HR', 'NDCG')):
     axes[0][0].legend(fontsize=8); fig.tight_layout()
     return fig
 
-def write_report(results:dict, out_dir, ks=(3, 5, 10), title:str='Results', plot:bool=True, notes:str='') -> dict:
-    "Write `metrics.json`, `results.md` (and `results.png`) to `out_dir` atomically; returns the paths."
+def provenance() -> dict:
+    "What a report ran with: the git commit of the package's source tree ('unknown' outside a clone), library versions, python, torch threads."
+    import platform, subprocess, minionerec
+    from importlib import metadata
+    root, commit, dirty = Path(minionerec.__file__).resolve().parent.parent, 'unknown', None
+    if (root/'nbs').is_dir():                                       # a clone, not an installed wheel
+        try:
+            git = lambda *a: subprocess.run(['git', '-C', str(root), *a], capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = git('rev-parse', 'HEAD') or 'unknown'
+            dirty = bool(git('status', '--porcelain', '--untracked-files=no')) if commit != 'unknown' else None
+        except (OSError, subprocess.SubprocessError): pass
+    def version(p):
+        try: return metadata.version(p)
+        except metadata.PackageNotFoundError: return 'not installed'
+    import torch
+    return {'commit': commit, 'uncommitted_changes': dirty, 'python': platform.python_version(), 'torch_threads': torch.get_num_threads(),
+            'versions': {p: version(p) for p in ('minionerec', 'torch', 'transformers', 'accelerate', 'peft', 'trl', 'numpy', 'pandas')}}
+
+def provenance_lines(p:dict) -> list[str]:
+    "Markdown of `provenance()`: one line each for the commit, the runtime and the library versions."
+    dirty = ' (with uncommitted changes)' if p.get('uncommitted_changes') else ''
+    return ['## Provenance', '', f"- commit: `{p['commit']}`{dirty}", f"- python {p['python']}, torch threads: {p['torch_threads']}",
+            '- ' + ', '.join(f'{k} {v}' for k, v in p['versions'].items()), '']
+
+def write_report(results:dict, out_dir, ks=(3, 5, 10), title:str='Results', plot:bool=True, notes:str='', with_provenance:bool=True) -> dict:
+    "Write `metrics.json`, `results.md` (with wall times, beyond accuracy and `provenance()`) (and `results.png`) to `out_dir` atomically; returns the paths."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     summ = {n: _summary(v) for n, v in results.items()}
     paths = {'json': write_json(out_dir/'metrics.json', summ)}
     md = f'# {title}\n\n' + results_table(results, ks)
     extra = {n: s for n, s in summ.items() if any(k in s for k in ('rows', 'invalid', 'seconds'))}
+    fmt = lambda x, f='': '-' if x is None else format(x, f)
     if extra:
-        md += '\n| model | split | rows | list length | invalid | duplicates | seconds |\n|---|---|---:|---:|---:|---:|---:|\n'
+        md += ('\n| model | split | rows | list length | invalid | duplicates | coverage@10 | popularity@10 | train s | rank s |\n'
+               '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n')
         for n, s in extra.items():
-            md += f"| {n} | {s.get('split', '-')} | {s.get('rows', '-')} | {s.get('list_len', '-')} | {s.get('invalid', '-')} | {s.get('duplicates', '-')} | {s.get('seconds', '-')} |\n"
+            md += (f"| {n} | {s.get('split', '-')} | {s.get('rows', '-')} | {s.get('list_len', '-')} | {s.get('invalid', '-')} | {s.get('duplicates', '-')} | "
+                   f"{fmt(s.get('coverage@10'), '.3f')} | {fmt(s.get('popularity@10'), '.1f')} | {fmt(s.get('train_s'))} | {fmt(s.get('rank_s', s.get('seconds')))} |\n")
     if notes: md += '\n' + notes.strip() + '\n'
+    if with_provenance: md += '\n' + '\n'.join(provenance_lines(provenance()))
     paths['md'] = write_text(out_dir/'results.md', md)
     if plot:
         import matplotlib.pyplot as plt

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_pipeline.ipynb #dc275928
 from __future__ import annotations
-import os, re, json, hashlib, shutil, time, traceback, contextlib
+import os, re, json, hashlib, shutil, time, traceback, contextlib, dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Callable
@@ -43,11 +43,12 @@ from .compare import (stage_evaluate, compare_rl, stage_report, report_compariso
 _all_ = ['stage_evaluate', 'stage_report', 'report_comparisons', 'rl_reward_distributions', 'RL_DIST_PROMPTS', 'BOOTSTRAP_RESAMPLES']
 
 # %% auto #0
-__all__ = ['RAW_SOURCES', 'RANKING_METRICS', 'STAGES', 'STAGE_NAMES', 'STAGE', 'DISTRIBUTED_STAGES', 'DataSection', 'SIDSection',
-           'BaselinesSection', 'PipelineConfig', 'fingerprint', 'Stage', 'RunContext', 'build_dataset', 'stage_prepare',
-           'stage_embed', 'stage_sid', 'catalogue_texts', 'ranking_score_fn', 'stage_sft', 'collab_scorer', 'stage_rl',
-           'is_main_process', 'stage_fingerprints', 'check_config', 'run_pipeline', 'stage_evaluate', 'stage_report',
-           'report_comparisons', 'rl_reward_distributions', 'RL_DIST_PROMPTS', 'BOOTSTRAP_RESAMPLES']
+__all__ = ['RAW_SOURCES', 'SEEDLESS_SECTIONS', 'RANKING_METRICS', 'STAGES', 'STAGE_NAMES', 'STAGE', 'DISTRIBUTED_STAGES',
+           'DataSection', 'SIDSection', 'BaselinesSection', 'PipelineConfig', 'seed_paths', 'fingerprint', 'Stage',
+           'RunContext', 'build_dataset', 'stage_prepare', 'stage_embed', 'stage_sid', 'catalogue_texts',
+           'ranking_score_fn', 'stage_sft', 'collab_scorer', 'stage_rl', 'is_main_process', 'stage_fingerprints',
+           'check_config', 'run_pipeline', 'stage_evaluate', 'stage_report', 'report_comparisons',
+           'rl_reward_distributions', 'RL_DIST_PROMPTS', 'BOOTSTRAP_RESAMPLES']
 
 # %% ../nbs/13_pipeline.ipynb #bfb34866
 RAW_SOURCES = ('interactions', 'amazon2018', 'amazon2023')   # sources that go through the paper's protocol
@@ -120,7 +121,9 @@ class BaselinesSection(Config):
 class PipelineConfig(Config):
     "Everything one run needs; each section is the stage's own config class."
     run_dir: str = 'runs/demo'    # where every stage writes (relative to the working directory)
-    seed: int = 42                # global seed (stages also keep their own)
+    seed: int = 42                # THE seed of the run: every section's `seed` (quantizer, model, sft, eval, rl, each baseline) follows it, except those in pinned_seeds
+    pinned_seeds: list[str] = field(default_factory=list)  # sub-seeds that keep their own value, e.g. [model.seed] (a --set of a sub-seed pins it)
+    seeds: list[int] = field(default_factory=list)  # run the whole pipeline once per seed, in <run_dir>/seed_<s>, and summarise mean and spread (empty = one run with `seed`)
     world_size: int = 0           # processes of the SFT/RL launch for batch planning (0 = $WORLD_SIZE, else 1)
     stages: list[str] = field(default_factory=lambda: list(STAGE_NAMES))  # stages `pipeline` runs, in order
     max_valid_examples: int|None = 2000  # SFT validation examples (seeded subset of the valid mixture; None = all): they run at every evaluation
@@ -139,7 +142,12 @@ class PipelineConfig(Config):
     rewards: RewardConfig = field(default_factory=RewardConfig)
 
     def validate(self):
-        self.check_fields(seed='>=0', world_size='>=0', max_valid_examples='>=1', select_users='>=1', select_beams='>=1')
+        self.check_fields(seed='>=0', world_size='>=0', max_valid_examples='>=1', select_users='>=1', select_beams='>=1', seeds='>=0')
+        if len(set(self.seeds)) < len(self.seeds): raise ConfigError(f'PipelineConfig.seeds lists a seed twice: {self.seeds}')
+        for p in self.pinned_seeds: _check_seed_path(self, p)
+        for f in dataclasses.fields(self):                 # every sub-seed follows `seed` unless pinned
+            v = getattr(self, f.name)
+            if isinstance(v, Config) and f.name not in SEEDLESS_SECTIONS: setattr(self, f.name, _follow_seed(v, self.seed, self.pinned_seeds, f.name + '.'))
         bad = [s for s in self.stages if s not in STAGE_NAMES]
         if bad: raise ConfigError(f'PipelineConfig.stages: unknown stage {bad[0]!r}; stages are {list(STAGE_NAMES)}')
         if self.sid.method == 'published' and self.data.source != 'published':
@@ -162,6 +170,40 @@ class PipelineConfig(Config):
     def collab_scorer(self) -> SASRecConfig|None:
         "The collaborative reward's frozen scorer (SASRec with `baselines.sasrec`, default settings when that is null) when `rewards.collab > 0`, else None; the rl stage's fingerprint includes it."
         return (self.baselines.sasrec or SASRecConfig()) if self.rewards.collab > 0 else None
+
+# %% ../nbs/13_pipeline.ipynb #6fd677c1
+SEEDLESS_SECTIONS = ('data',)   # the data section's seeds define the dataset (the synthetic generator), not the run's randomness
+
+def _follow_seed(c:Config, seed:int, pinned, path:str) -> Config:
+    "`c` with every `seed` field below it set to `seed`, except the dotted paths in `pinned`; `c` itself when nothing changes."
+    ch = {}
+    for f in dataclasses.fields(c):
+        v, p = getattr(c, f.name), path + f.name
+        if f.name == 'seed' and p not in pinned and v != seed: ch['seed'] = seed
+        elif isinstance(v, Config):
+            nv = _follow_seed(v, seed, pinned, p + '.')
+            if nv is not v: ch[f.name] = nv
+    return c.replace(**ch) if ch else c
+
+def seed_paths(c:Config, path:str='') -> list[str]:
+    "Dotted paths of the run's sub-seeds (`sid.rqvae.seed`, `model.seed`, `baselines.sasrec.seed`, ...; sections set to null have none)."
+    out = []
+    for f in dataclasses.fields(c):
+        v = getattr(c, f.name)
+        if f.name == 'seed' and path: out.append(path + 'seed')
+        elif isinstance(v, Config) and (path or f.name not in SEEDLESS_SECTIONS): out += seed_paths(v, path + f.name + '.')
+    return out
+
+def _check_seed_path(cfg, p:str):
+    "A `pinned_seeds` entry must name a sub-seed: a `seed` field below a section other than `data` (a section set to null may be named)."
+    cur, parts = cfg, p.split('.')
+    for part in parts[:-1]:
+        if not isinstance(cur, Config) or part not in {f.name for f in dataclasses.fields(cur)}: break
+        cur = getattr(cur, part)
+        if cur is None: return
+    else:
+        if parts[-1] == 'seed' and len(parts) > 1 and parts[0] not in SEEDLESS_SECTIONS and isinstance(cur, Config) and hasattr(cur, 'seed'): return
+    raise ConfigError(f'pinned_seeds: {p!r} is not a sub-seed of the run; they are {seed_paths(cfg)}')
 
 # %% ../nbs/13_pipeline.ipynb #bcfabf7a
 def fingerprint(*parts) -> str:
@@ -413,6 +455,9 @@ def _barrier(world:int):
 
 def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None, wait:bool=False) -> dict:
     "Run `stages` (default `cfg.stages`) in order, skipping complete ones, holding the run directory's lock (`wait`: queue behind another run); returns {stage: DONE record}."
+    if cfg.seeds:                                        # one run per seed, then their mean and spread (13b_presets)
+        from minionerec.presets import run_seeds
+        return run_seeds(cfg if run_dir is None else cfg.replace(run_dir=str(run_dir)), stages, force, wait)
     stages = list(stages or cfg.stages)
     bad = [s for s in stages if s not in STAGE]
     if bad: raise ConfigError(f'unknown stage {bad[0]!r}; stages are {list(STAGE_NAMES)}')

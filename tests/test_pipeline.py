@@ -139,13 +139,14 @@ def test_evaluate_and_rl_stages_under_torchrun_match_one_process(tiny_run, tmp_p
                             '--config', 'tiny', '--run-dir', str(copy), '--force'], capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
     one, two = (json.loads((d/'evaluate'/'metrics.json').read_text()) for d in (run, copy))
+    TIMES = ('seconds', 'train_s', 'rank_s')                            # wall times differ; everything else must not
     assert set(one) == set(two) and one['MiniOneRec SFT']['rows'] > 8
     for name in one:
-        assert {k: v for k, v in one[name].items() if k != 'seconds'} == {k: v for k, v in two[name].items() if k != 'seconds'}, name
+        assert {k: v for k, v in one[name].items() if k not in TIMES} == {k: v for k, v in two[name].items() if k not in TIMES}, name
     c1, c2 = (json.loads((d/'rl'/'comparison.json').read_text()) for d in (run, copy))
     for sp in c1['splits']:
         a, b = c1['splits'][sp]['MiniOneRec SFT'], c2['splits'][sp]['MiniOneRec SFT']
-        assert {k: v for k, v in a.items() if k != 'seconds'} == {k: v for k, v in b.items() if k != 'seconds'}, sp
+        assert {k: v for k, v in a.items() if k not in TIMES} == {k: v for k, v in b.items() if k not in TIMES}, sp
         assert c2['splits'][sp]['MiniOneRec SFT+RL']['rows'] == a['rows']
 
 def test_demo_yaml_is_the_demo_preset():
@@ -183,30 +184,37 @@ def test_report_bootstraps_every_generative_row_against_every_baseline(tiny_run)
     ev, rl = _ranks(run/'evaluate'/'ranks.csv'), _ranks(run/'rl'/'ranks.csv')
     metrics = json.loads((run/'evaluate'/'metrics.json').read_text())
     base = ['Popularity', 'MF', 'SASRec', 'TIGER']                      # the tiny preset's baselines (GRU4Rec off)
-    assert list(ev.columns) == ['row', 'target', 'MiniOneRec SFT'] + base and list(metrics) == ['MiniOneRec SFT'] + base
-    assert list(rl.columns) == ['row', 'target', 'MiniOneRec SFT', 'MiniOneRec SFT+RL']
+    assert list(ev.columns) == ['row', 'target', 'user_id', 'MiniOneRec SFT'] + base and list(metrics) == ['MiniOneRec SFT'] + base
+    assert list(rl.columns) == ['row', 'target', 'user_id', 'MiniOneRec SFT', 'MiniOneRec SFT+RL']
     assert ev['row'].equals(rl['row']) and ev['target'].equals(rl['target']) and ev['row'].is_unique
     assert len(ev) == metrics['MiniOneRec SFT']['rows'] > 0
     comps = json.loads((run/'report'/'comparisons.json').read_text())
     assert (comps['split'], comps['rows'], comps['seed'], comps['rl_sft_rows_differ']) == ('test', len(ev), 42, 0)
     gen = ['MiniOneRec SFT', 'MiniOneRec SFT+RL']
     want = [(g, b, m) for g in gen for b in base for m in ('NDCG@10', 'HR@10')] + [(gen[1], gen[0], m) for m in ('NDCG@10', 'HR@10')]
-    assert [(t['model'], t['vs'], t['metric']) for t in comps['table']] == want
-    rl_metrics = json.loads((run/'rl'/'metrics.json').read_text())
-    for t in comps['table']:
-        assert t['rows'] == len(ev) and t['lo'] <= t['delta'] <= t['hi']
+    assert [(t['split'], t['model'], t['vs'], t['metric']) for t in comps['table']] == [(sp, *w) for sp in ('test', 'valid') for w in want]
+    valid_rows = len(_ranks(run/'evaluate'/'ranks_valid.csv'))
+    assert comps['rows_by_split'] == {'test': len(ev), 'valid': valid_rows}
+    for t in comps['table']:                                         # every interval resamples users
+        assert t['resampled'] == 'users' and t['clusters'] <= t['rows'] and t['lo'] <= t['delta'] <= t['hi']
+        sfx = '' if t['split'] == 'test' else '_valid'
+        m = {**json.loads((run/'evaluate'/f'metrics{sfx}.json').read_text()), **json.loads((run/'rl'/f'metrics{sfx}.json').read_text())}
+        assert t['rows'] == (len(ev) if t['split'] == 'test' else valid_rows)
         for side, name in (('b', t['model']), ('a', t['vs'])):   # the same metric code as the results table
-            assert abs(t[side] - {**metrics, **rl_metrics}[name][t['metric']]) < 1e-9, (name, t['metric'])
-    # the SFT+RL vs SFT rows are the rl stage's own bootstrap on the test split (same rows, seed and resamples)
-    own = json.loads((run/'rl'/'comparison.json').read_text())['bootstrap']['test'][0]
-    assert {k: v for k, v in comps['table'][-2].items() if k in own} == own
+            assert abs(t[side] - m[name][t['metric']]) < 1e-9, (name, t['metric'])
+    # the SFT+RL vs SFT rows are the rl stage's own bootstrap on each split (same rows, users, seed and resamples)
+    for sp in ('test', 'valid'):
+        own = json.loads((run/'rl'/'comparison.json').read_text())['bootstrap'][sp][0]
+        mine, = [t for t in comps['table'] if (t['split'], t['model'], t['vs'], t['metric']) == (sp, gen[1], gen[0], 'NDCG@10')]
+        assert {k: v for k, v in mine.items() if k in own} == own
     # seeded: recomputing from the saved ranks gives the identical table
     ranks = ev.assign(**{'MiniOneRec SFT+RL': rl['MiniOneRec SFT+RL']})
     again = bootstrap_table(ranks, bootstrap_pairs(list(ranks.columns)), list_len={n: 10 for n in gen + base}, seed=42)
-    assert again == comps['table']
+    assert again == [{k: v for k, v in t.items() if k != 'split'} for t in comps['table'] if t['split'] == 'test']
     report = (run/'report'/'report.md').read_text()
     assert '## Paired bootstrap: every generative row against every baseline' in report
-    assert '| MiniOneRec SFT+RL | SASRec | NDCG@10 |' in report
+    assert '| test | MiniOneRec SFT+RL | SASRec | NDCG@10 |' in report and '| valid | MiniOneRec SFT+RL | SASRec | NDCG@10 |' in report
+    assert '## Validation and test side by side' in report and '## Provenance' in report
     assert json.loads((run/'report'/'DONE.json').read_text())['metrics']['comparisons'] == comps['table']
 
 def test_report_interval_above_zero_for_a_model_better_on_every_row(tiny_run, tmp_path):
@@ -219,7 +227,7 @@ def test_report_interval_above_zero_for_a_model_better_on_every_row(tiny_run, tm
     r = cli('report', '--config', 'tiny', '--run-dir', str(copy))
     assert r.returncode == 0, r.stderr[-3000:]
     table = json.loads((copy/'report'/'comparisons.json').read_text())['table']
-    better = [t for t in table if t['model'] == 'MiniOneRec SFT+RL']
+    better = [t for t in table if t['model'] == 'MiniOneRec SFT+RL' and t['split'] == 'test']
     assert len(better) == 10
     for t in better:
         assert t['b'] == 1.0 and t['lo'] > 0 and t['p_b_better'] == 1.0, t
@@ -227,3 +235,28 @@ def test_report_interval_above_zero_for_a_model_better_on_every_row(tiny_run, tm
     rl['row'] = rl['row'] + 1; rl.to_csv(copy/'rl'/'ranks.csv', index=False)
     r = cli('report', '--config', 'tiny', '--run-dir', str(copy))
     assert r.returncode == 2 and 'rl/ranks.csv holds other rows than' in r.stderr, r.stderr[-2000:]
+
+# ---------------------------------------------------------------- one seed sets every seed; several seeds give a spread
+
+def test_seeds_option_runs_each_seed_with_every_sub_seed_and_summarises(tmp_path):
+    "`--set seeds=[1,2]`: one run per seed in run_dir/seed_<s>, every unpinned sub-seed = s in its resolved config, a mean/spread summary."
+    import pandas as pd
+    from minionerec.presets import load_config
+    from operator import attrgetter
+    from minionerec.pipeline import seed_paths
+    run = tmp_path/'seeds'
+    r = cli('pipeline', '--config', 'tiny', '--run-dir', str(run), '--set', 'seeds=[1,2]', '--set', 'model.seed=5',
+            '--set', 'stages=[prepare,embed,sid,sft,evaluate,report]')
+    assert r.returncode == 0, r.stderr[-3000:]
+    for s in (1, 2):
+        c = load_config(str(run/f'seed_{s}'/'resolved_config.yaml'))
+        assert c.seed == s and c.model.seed == 5 and c.pinned_seeds == ['model.seed'] and c.seeds == []
+        assert {p: attrgetter(p)(c) for p in seed_paths(c) if p != 'model.seed'} == {p: s for p in seed_paths(c) if p != 'model.seed'}
+        assert (run/f'seed_{s}'/'report'/'report.md').exists()
+    summ = pd.read_csv(run/'seeds'/'summary.csv')
+    test = summ[(summ.split == 'test') & (summ.metric == 'NDCG@10')].set_index('model')
+    assert {'MiniOneRec SFT', 'SASRec', 'Popularity'} <= set(test.index) and (test['count'] == 2).all()
+    assert set(summ.split) == {'test', 'valid'}                     # both splits of every model, over the seeds
+    per = pd.read_csv(run/'seeds'/'per_seed.csv')
+    assert sorted(per.seed.unique()) == [1, 2]
+    assert '± ' in (run/'seeds'/'summary.md').read_text()

@@ -151,11 +151,12 @@ class Sweep:
         return digest(self.cwd) | {f'work/{p.name}': 'dir' if p.is_dir() else 'file' for p in self.work.iterdir()
                                    if p.name not in ('run', 'cache', 'fault.jsonl', 'mpl')}
 
-    def _cache_ok(self) -> list[str]:
-        "Cache files that are not complete entries (every file must equal the reference's file of the same name)."
-        ref = digest(self.ref_cache); got = digest(self.cache)
-        return [f'cache {k}' + (' (not a reference entry)' if k not in ref else ' differs from the complete entry')
-                for k in sorted(got) if got[k] != ref.get(k)]
+    def _cache_ok(self) -> tuple[list[str], list[str]]:
+        "(incomplete entries: cache files that differ from the reference's file of that name, temporary files left in the cache)."
+        ref, got = digest(self.ref_cache), digest(self.cache)
+        tmp = [k for k in sorted(got) if _ANY_TMP.search(Path(k).name)]
+        return [f'{k}' + (' (not a reference entry)' if k not in ref else ' (differs from the complete entry)')
+                for k in sorted(got) if got[k] != ref.get(k) and k not in tmp], tmp
 
     def _message(self, r, path:str|None, kind:str|None=None) -> dict:
         "The last line of stderr, and whether it names the file (or the folder being written) and the cause."
@@ -179,12 +180,14 @@ class Sweep:
         rec = {'stage': stage, 'k': k, 'kind': kind, 'op': w['op'], 'path': os.path.relpath(w['path'], self.work),
                'fired': bool(fired), 'rc': r1.returncode, **self._message(r1, w['path'], kind)}
         rec['stopped'] = r1.returncode != 0
-        cache_after_fault = self._cache_ok()
+        cache_after_fault = self._cache_ok()[0]
         r2 = self.pipeline()
         rec['rerun_rc'] = r2.returncode
         rec['diffs'] = differences(digest(self.run), digest(self.ref)) if r2.returncode == 0 else []
         rec['identical'] = r2.returncode == 0 and not rec['diffs']
-        rec['leftovers'] = leftovers(self.run); rec['cache'] = sorted(set(cache_after_fault + self._cache_ok()))
+        cache, tmp = self._cache_ok()
+        rec['leftovers'] = leftovers(self.run); rec['cache'] = sorted(set(cache_after_fault + cache))
+        rec['cache_leftovers'] = tmp
         rec['outside'] = differences(self._outside(), outside)
         rec['seconds'] = round(time.time() - t, 1)
         f = []
@@ -193,6 +196,7 @@ class Sweep:
         elif rec['diffs']: f.append(f'the rerun differs from an uninterrupted run: {rec["diffs"][:6]}')
         if rec['leftovers']: f.append(f'leftover temporary files after the rerun: {rec["leftovers"][:4]}')
         if rec['cache']: f.append(f'incomplete cache entries: {rec["cache"][:4]}')
+        if rec['cache_leftovers']: f.append(f'a temporary file left in the cache after the rerun (no run removes it): {rec["cache_leftovers"][:4]}')
         if rec['outside']: f.append(f'changed outside the run folder: {rec["outside"][:4]}')
         if kind in CAUSE and fired:
             if not rec['stopped']: f.append(f'a {kind} fault did not stop the run (rc 0): was it reported?')
@@ -237,9 +241,9 @@ class Sweep:
         p.write_bytes(b)
         r = self.pipeline()
         rec = {'artifact': rel, 'mode': mode, 'reopened': reopen, 'rc': r.returncode, **self._message(r, str(p))}
-        rec['hint'] = bool(re.search(r'--force|rerun|run .* again|remove|delete|download', rec['line']))
+        rec['hint'] = bool(re.search(r'--force|rerun (?!with --debug)|run .* again|remove|delete|download', rec['line']))
         rec['diffs'] = differences(digest(self.run), digest(self.ref)) if r.returncode == 0 else []
-        cache = self._cache_ok()
+        cache = sum(self._cache_ok(), [])
         if r.returncode == 0 and not rec['diffs'] and not cache: rec['outcome'] = 'rebuilt, identical'
         elif r.returncode == 0 and rec['diffs'] == [f'differs {rel}'] + [] and not rel.startswith('cache/'): rec['outcome'] = 'left in place, not read'
         elif r.returncode == 0: rec['outcome'] = 'finished with different results'

@@ -245,7 +245,8 @@ class Sweep:
         rec['diffs'] = differences(digest(self.run), digest(self.ref)) if r.returncode == 0 else []
         cache = sum(self._cache_ok(), [])
         if r.returncode == 0 and not rec['diffs'] and not cache: rec['outcome'] = 'rebuilt, identical'
-        elif r.returncode == 0 and rec['diffs'] == [f'differs {rel}'] + [] and not rel.startswith('cache/'): rec['outcome'] = 'left in place, not read'
+        elif r.returncode == 0 and rec['diffs'] == [f'differs {rel}'] and not cache:   # no stage of this rerun read it: not a finding
+            rec['outcome'] = 'left in place, not read'
         elif r.returncode == 0: rec['outcome'] = 'finished with different results'
         elif rec['named'] == 'file' and not rec['internal'] and rec['one_line']: rec['outcome'] = 'named' + (' with a hint' if rec['hint'] else '')
         else: rec['outcome'] = 'unclear message'
@@ -253,7 +254,6 @@ class Sweep:
         if rec['outcome'] == 'finished with different results': f.append(f'silently different results: {(rec["diffs"] + cache)[:6]}')
         if rec['outcome'] == 'unclear message': f.append(f'rc {r.returncode}, the last line does not name {rel}: {rec["line"]}')
         if rec['outcome'] == 'named': f.append(f'named but no recovery hint: {rec["line"]}')
-        if rec['outcome'] == 'left in place, not read': f.append(f'the corrupted {rel} was left in place (no later stage of this run read it)')
         rec['findings'] = f; rec['leftovers'] = leftovers(self.run); rec['seconds'] = round(time.time() - t, 1)
         return rec
 

@@ -74,18 +74,20 @@ def main():
     args = ap.parse_args()
     t0 = time.time(); sweep = Sweep(args.work); sweep.reference()
     todo = [t for t in plan(sweep, args.per, args.all, args.seed) if t[2] in args.kinds.split(',')]
-    trials, corrupt = [], []
+    trials, corrupt, out = [], [], Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    def save():      # after every trial: an interrupted sweep still leaves the summary of what it did
+        s = summarise(sweep, trials, corrupt, args, time.time() - t0)
+        (out/'summary.json').write_text(json.dumps(s, indent=1) + '\n'); (out/'summary.md').write_text(markdown(s))
+        return s
     for i, t in enumerate(todo):
-        r = sweep.trial(*t); trials.append(r)
+        r = sweep.trial(*t); trials.append(r); save()
         print(f"[{i + 1}/{len(todo)}] {t[2]} at write {t[1]} of {t[0]} ({r['op']} {r['path']}): rc {r['rc']}, rerun "
               f"{'identical' if r['identical'] else 'DIFFERENT'}; {r['line'][:140]!r}" + ''.join(f'\n    FINDING {f}' for f in r['findings']), flush=True)
     cases = corruptions(sweep, args.corrupt, args.seed)
     for i, c in enumerate(cases):
-        r = sweep.corrupt(*c); corrupt.append(r)
+        r = sweep.corrupt(*c); corrupt.append(r); save()
         print(f"[{i + 1}/{len(cases)}] {c[2]} {c[0]}: {r['outcome']}; {r['line'][:140]!r}" + ''.join(f'\n    FINDING {f}' for f in r['findings']), flush=True)
-    s = summarise(sweep, trials, corrupt, args, time.time() - t0)
-    out = Path(args.out); out.mkdir(parents=True, exist_ok=True)
-    (out/'summary.json').write_text(json.dumps(s, indent=1) + '\n'); (out/'summary.md').write_text(markdown(s))
-    print(markdown(s))
+    print(markdown(save()))
 
 if __name__ == '__main__': main()

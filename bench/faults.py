@@ -35,7 +35,7 @@ def summarise(sweep:Sweep, trials:list, corrupt:list, args, seconds:float) -> di
     stopped = [t for t in trials if t['stopped']]
     msg = [t for t in stopped if t['kind'] in ('enospc', 'eio')]
     return {'config': sweep.config, 'seed': args.seed, 'sampling': 'every k' if args.all else f'{args.per} seeded k per (stage, kind)',
-            'writes_per_stage': sweep.counts(), 'reference_seconds': round(getattr(sweep, 'seconds', 0.0), 1), 'seconds': round(seconds),
+            'planned': getattr(args, 'planned', None), 'writes_per_stage': sweep.counts(), 'reference_seconds': round(getattr(sweep, 'seconds', 0.0), 1), 'seconds': round(seconds),
             'faults_injected': sum(t['fired'] for t in trials), 'trials': len(trials),
             'stages_covered': sorted({t['stage'] for t in trials if t['fired']}, key=STAGES.index),
             'kinds': {k: sum(t['kind'] == k for t in trials) for k in KINDS},
@@ -74,6 +74,7 @@ def main():
     args = ap.parse_args()
     t0 = time.time(); sweep = Sweep(args.work); sweep.reference()
     todo = [t for t in plan(sweep, args.per, args.all, args.seed) if t[2] in args.kinds.split(',')]
+    cases = corruptions(sweep, args.corrupt, args.seed); args.planned = [len(todo), len(cases)]
     trials, corrupt, out = [], [], Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     def save():      # after every trial: an interrupted sweep still leaves the summary of what it did
@@ -84,7 +85,6 @@ def main():
         r = sweep.trial(*t); trials.append(r); save()
         print(f"[{i + 1}/{len(todo)}] {t[2]} at write {t[1]} of {t[0]} ({r['op']} {r['path']}): rc {r['rc']}, rerun "
               f"{'identical' if r['identical'] else 'DIFFERENT'}; {r['line'][:140]!r}" + ''.join(f'\n    FINDING {f}' for f in r['findings']), flush=True)
-    cases = corruptions(sweep, args.corrupt, args.seed)
     for i, c in enumerate(cases):
         r = sweep.corrupt(*c); corrupt.append(r); save()
         print(f"[{i + 1}/{len(cases)}] {c[2]} {c[0]}: {r['outcome']}; {r['line'][:140]!r}" + ''.join(f'\n    FINDING {f}' for f in r['findings']), flush=True)

@@ -14,7 +14,7 @@ import argparse, json, os, random, sys, time
 from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO/'tests'))
-from faults import Sweep, STAGES, KINDS, sample     # tests/faults.py (this file's name is the same: tests/ goes first)
+from faults import Sweep, STAGES, KINDS, sample, message, judge     # tests/faults.py (this file's name is the same: tests/ goes first)
 
 MODES = ('truncate', 'empty', 'garble')
 
@@ -63,6 +63,16 @@ def markdown(s:dict) -> str:
     L += [f"| {esc(f['fault'])} | `{esc(f['path'])}` | {esc(f['message'])} | {esc(f['finding'])} |" for f in s['findings']]
     return '\n'.join(L) + '\n'
 
+def rescore(args):
+    "Recompute the message checks and findings of a summary's records (the checks changed, the runs did not)."
+    out = Path(args.out); old = json.loads((out/'summary.json').read_text()); sweep = Sweep(args.work)
+    for t in old['fault_trials']:
+        t.update(message(t['line'], str(sweep.work/t['path']), t['kind'])); t['findings'] = judge(t)
+    args.seed, args.all, args.per, args.planned = old['seed'], old['sampling'] == 'every k', old['sampling'].split()[0], old.get('planned')
+    s = summarise(sweep, old['fault_trials'], old['corruption_trials'], args, old['seconds'])
+    (out/'summary.json').write_text(json.dumps(s, indent=1) + '\n'); (out/'summary.md').write_text(markdown(s))
+    print(markdown(s))
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--work', default='/tmp/minionerec-faults', help='scratch folder (the run folder, the reference, the cache)')
@@ -71,7 +81,9 @@ def main():
     ap.add_argument('--per', type=int, default=1, help='seeded k-th writes per (stage, kind) pair (without --all)')
     ap.add_argument('--corrupt', type=int, default=16, help='seeded corruption cases (0: every artifact in every mode)')
     ap.add_argument('--kinds', default=','.join(KINDS)); ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--rescore', action='store_true', help="judge OUT/summary.json's records again with the current checks (no runs)")
     args = ap.parse_args()
+    if args.rescore: return rescore(args)
     t0 = time.time(); sweep = Sweep(args.work); sweep.reference()
     todo = [t for t in plan(sweep, args.per, args.all, args.seed) if t[2] in args.kinds.split(',')]
     cases = corruptions(sweep, args.corrupt, args.seed); args.planned = [len(todo), len(cases)]

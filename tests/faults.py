@@ -83,6 +83,40 @@ def detemp(path:str) -> str:
     "The path a temporary `.NAME.xxxxxxxx.tmp` component stands for."
     return os.sep.join(_TMP.fullmatch(c)['name'] if _TMP.fullmatch(c) else c for c in path.split(os.sep))
 
+# ---------------------------------------------------------------- judging what a faulted run printed and left
+
+def message(last:str, path:str|None, kind:str|None=None) -> dict:
+    """Whether the last line of stderr names the file of the faulted write (`path`, temporary names resolved to the
+    artifact they stand for), only a temporary file, or only the folder; and the cause."""
+    named = None
+    if path and last:
+        target = detemp(path)
+        if target in last: named = 'file'
+        elif any(_TMP.fullmatch(w.strip(':,;()')) for w in last.replace(os.sep, ' ').split()): named = 'temporary file'
+        elif os.path.dirname(target) in last: named = 'folder'
+    return {'line': last[:400], 'named': named, 'internal': 'internal error' in last,
+            'cause': (CAUSE[kind] in last.lower()) if kind in CAUSE else None, 'one_line': last.startswith('minionerec: ')}
+
+def judge(rec:dict) -> list[str]:
+    "The findings of one fault trial record (see `Sweep.trial`)."
+    f, kind = [], rec['kind']
+    if not rec['fired']: f.append(f"the fault was not reached (the run made fewer than {rec['k']} writes in {rec['stage']})")
+    if rec['rerun_rc'] != 0: f.append(f"the rerun failed (rc {rec['rerun_rc']}): {rec.get('rerun_line', '')}")
+    elif rec['diffs']: f.append(f"the rerun differs from an uninterrupted run: {rec['diffs'][:6]}")
+    if rec['leftovers']: f.append(f"leftover temporary files after the rerun: {rec['leftovers'][:4]}")
+    if rec['cache']: f.append(f"incomplete cache entries: {rec['cache'][:4]}")
+    if rec.get('cache_leftovers'): f.append(f"a temporary file left in the cache after the rerun (no run removes it): {rec['cache_leftovers'][:4]}")
+    if rec['outside']: f.append(f"changed outside the run folder: {rec['outside'][:4]}")
+    if kind in CAUSE and rec['fired']:
+        if not rec['stopped']: f.append(f'a {kind} fault did not stop the run (rc 0): was it reported?')
+        elif rec['internal']: f.append(f'"internal error" for a {kind} fault: {rec["line"]}')
+        elif not (rec['one_line'] and rec['cause']): f.append(f'the last line does not give the cause: {rec["line"]}')
+        elif rec['named'] == 'temporary file': f.append(f'the last line names the temporary file, not the artifact: {rec["line"]}')
+        elif rec['named'] != 'file': f.append(f'the last line does not name the file: {rec["line"]}')
+    if kind == 'sigterm' and rec['fired'] and rec['stopped'] and not rec['one_line']:
+        f.append(f"SIGTERM stopped the run without a line (rc {rec['rc']})")
+    return f
+
 # ---------------------------------------------------------------- running the pipeline with a fault
 
 class Sweep:
@@ -159,17 +193,8 @@ class Sweep:
                 for k in sorted(got) if got[k] != ref.get(k) and k not in tmp], tmp
 
     def _message(self, r, path:str|None, kind:str|None=None) -> dict:
-        "The last line of stderr, and whether it names the file (or the folder being written) and the cause."
         lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
-        last = lines[-1] if lines else ''
-        named = None
-        if path:
-            names = {path, detemp(path)}
-            if last and any(n in last for n in names): named = 'file'
-            elif last and any(os.path.dirname(n) in last for n in names): named = 'folder'
-        return {'line': last[:400], 'named': named, 'internal': 'internal error' in last,
-                'cause': (CAUSE[kind] in last.lower()) if kind in CAUSE else None,
-                'one_line': last.startswith('minionerec: ')}
+        return message(lines[-1] if lines else '', path, kind)
 
     def trial(self, stage:str, k:int, kind:str) -> dict:
         "Inject `kind` at the k-th write operation of `stage`, then rerun without a fault; every check's outcome and the findings."
@@ -190,22 +215,8 @@ class Sweep:
         rec['cache_leftovers'] = tmp
         rec['outside'] = differences(self._outside(), outside)
         rec['seconds'] = round(time.time() - t, 1)
-        f = []
-        if not fired: f.append(f'the fault was not reached (the run made fewer than {k} writes in {stage})')
-        if r2.returncode != 0: f.append(f'the rerun failed (rc {r2.returncode}): {r2.stderr.strip().splitlines()[-1:]}')
-        elif rec['diffs']: f.append(f'the rerun differs from an uninterrupted run: {rec["diffs"][:6]}')
-        if rec['leftovers']: f.append(f'leftover temporary files after the rerun: {rec["leftovers"][:4]}')
-        if rec['cache']: f.append(f'incomplete cache entries: {rec["cache"][:4]}')
-        if rec['cache_leftovers']: f.append(f'a temporary file left in the cache after the rerun (no run removes it): {rec["cache_leftovers"][:4]}')
-        if rec['outside']: f.append(f'changed outside the run folder: {rec["outside"][:4]}')
-        if kind in CAUSE and fired:
-            if not rec['stopped']: f.append(f'a {kind} fault did not stop the run (rc 0): was it reported?')
-            elif rec['internal']: f.append(f'"internal error" for a {kind} fault: {rec["line"]}')
-            elif not (rec['one_line'] and rec['named'] and rec['cause']):
-                f.append(f'the last line does not name the file{"" if rec["cause"] else " and the cause"}: {rec["line"]}')
-        if kind == 'sigterm' and fired and rec['stopped'] and not rec['one_line']:
-            f.append(f'SIGTERM stopped the run without a line (rc {r1.returncode})')
-        rec['findings'] = f
+        if r2.returncode != 0: rec['rerun_line'] = (r2.stderr.strip().splitlines() or [''])[-1][:400]
+        rec['findings'] = judge(rec)
         return rec
 
     # ------------------------------------------------------------ corrupting what a later stage reads

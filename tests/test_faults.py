@@ -13,6 +13,8 @@ KNOWN_OPEN = [
      "save_file is not translated into a one-line disk / I/O error naming the file"),
     (r'"internal error" for a (enospc|eio) fault: .*Exception: .*os error', 'found by this sweep: a failed tokenizer.json write '
      '(tokenizers Rust writer) is not translated into a one-line disk / I/O error naming the file'),
+    (r'^the last line names the temporary file, not the artifact', 'found by this sweep: an I/O error (not a full disk) '
+     'inside core.atomic_write is re-raised with the name of its temporary .NAME.xxxxxxxx.tmp file, which is gone by then'),
     (r'^a temporary file left in the cache after the rerun', 'found by this sweep: a kill while embed writes its cache entry '
      'leaves .NAME.xxxxxxxx.tmp in the cache folder, and clean_leftovers only visits stage folders'),
     (r'SafetensorError', 'issue 24 section 1: a truncated model.safetensors gives internal error: SafetensorError'),

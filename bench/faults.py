@@ -34,7 +34,7 @@ def corruptions(sweep:Sweep, n:int, seed:int) -> list[tuple]:
 def summarise(sweep:Sweep, trials:list, corrupt:list, args, seconds:float) -> dict:
     stopped = [t for t in trials if t['stopped']]
     msg = [t for t in stopped if t['kind'] in ('enospc', 'eio')]
-    return {'config': sweep.config, 'seed': args.seed, 'sampling': 'every k' if args.all else f'{args.per} seeded k per (stage, kind)',
+    return {'config': sweep.config, 'seed': args.seed, 'sampling': getattr(args, 'sampling', None) or ('every k' if args.all else f'{args.per} seeded k per (stage, kind)'),
             'planned': getattr(args, 'planned', None), 'writes_per_stage': sweep.counts(), 'reference_seconds': round(getattr(sweep, 'seconds', 0.0), 1), 'seconds': round(seconds),
             'faults_injected': sum(t['fired'] for t in trials), 'trials': len(trials),
             'stages_covered': sorted({t['stage'] for t in trials if t['fired']}, key=STAGES.index),
@@ -68,7 +68,7 @@ def rescore(args):
     out = Path(args.out); old = json.loads((out/'summary.json').read_text()); sweep = Sweep(args.work)
     for t in old['fault_trials']:
         t.update(message(t['line'], str(sweep.work/t['path']), t['kind'])); t['findings'] = judge(t)
-    args.seed, args.all, args.per, args.planned = old['seed'], old['sampling'] == 'every k', old['sampling'].split()[0], old.get('planned')
+    args.seed, args.sampling, args.planned = old['seed'], old['sampling'], old.get('planned')
     s = summarise(sweep, old['fault_trials'], old['corruption_trials'], args, old['seconds'])
     (out/'summary.json').write_text(json.dumps(s, indent=1) + '\n'); (out/'summary.md').write_text(markdown(s))
     print(markdown(s))
@@ -80,12 +80,18 @@ def main():
     ap.add_argument('--all', action='store_true', help='every k-th write of every stage for every kind')
     ap.add_argument('--per', type=int, default=1, help='seeded k-th writes per (stage, kind) pair (without --all)')
     ap.add_argument('--corrupt', type=int, default=16, help='seeded corruption cases (0: every artifact in every mode)')
+    ap.add_argument('--ops', default='', help='instead: every write made by these operations (e.g. torch.save,safetensors.save_file,tokenizer.save)')
+    ap.add_argument('--max', type=int, default=0, help='with --ops: a seeded sample of at most this many (0: all)')
     ap.add_argument('--kinds', default=','.join(KINDS)); ap.add_argument('--seed', type=int, default=0)
     ap.add_argument('--rescore', action='store_true', help="judge OUT/summary.json's records again with the current checks (no runs)")
     args = ap.parse_args()
     if args.rescore: return rescore(args)
     t0 = time.time(); sweep = Sweep(args.work); sweep.reference()
-    todo = [t for t in plan(sweep, args.per, args.all, args.seed) if t[2] in args.kinds.split(',')]
+    if args.ops:        # every write made by these operations (e.g. the compiled writers), for every kind asked
+        todo = sample([(w['stage'], w['k'], kind) for w in sweep.writes if w['op'] in args.ops.split(',') for kind in args.kinds.split(',')],
+                      args.max, args.seed)
+        args.sampling = f"every {args.ops} write for {args.kinds}" + (f' (a seeded {args.max})' if args.max else '')
+    else: todo = [t for t in plan(sweep, args.per, args.all, args.seed) if t[2] in args.kinds.split(',')]
     cases = corruptions(sweep, args.corrupt, args.seed); args.planned = [len(todo), len(cases)]
     trials, corrupt, out = [], [], Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

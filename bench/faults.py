@@ -4,7 +4,7 @@ CI-sized sample of the same.
 
   every k      --all: every write operation of every stage, for every fault kind (230 x 4 on tiny: hours of CPU)
   a sample     default: --per N seeded k-th writes for every (stage, fault kind) pair, and --corrupt M seeded
-               (artifact, mode) corruptions (--corrupt 0: every artifact in every mode)
+               (artifact, mode) corruptions (--corrupt -1: every artifact in every mode)
 
 Writes OUT/summary.json (every trial and its findings) and OUT/summary.md (the tables nbs/13d_faults.ipynb shows).
 Run:  OMP_NUM_THREADS=1 python bench/faults.py --per 1 --corrupt 16 --out nbs/results/faults
@@ -29,7 +29,7 @@ def plan(sweep:Sweep, per:int, every:bool, seed:int) -> list[tuple]:
 
 def corruptions(sweep:Sweep, n:int, seed:int) -> list[tuple]:
     cases = [(rel, reopen, mode) for rel, reopen in sweep.targets() for mode in MODES]
-    return sample(cases, n, seed)
+    return [] if n == 0 else sample(cases, max(n, 0), seed)
 
 def summarise(sweep:Sweep, trials:list, corrupt:list, args, seconds:float) -> dict:
     stopped = [t for t in trials if t['stopped']]
@@ -79,7 +79,7 @@ def main():
     ap.add_argument('--out', default='nbs/results/faults', help='where summary.json and summary.md go')
     ap.add_argument('--all', action='store_true', help='every k-th write of every stage for every kind')
     ap.add_argument('--per', type=int, default=1, help='seeded k-th writes per (stage, kind) pair (without --all)')
-    ap.add_argument('--corrupt', type=int, default=16, help='seeded corruption cases (0: every artifact in every mode)')
+    ap.add_argument('--corrupt', type=int, default=16, help='seeded corruption cases (-1: every artifact in every mode, 0: none)')
     ap.add_argument('--ops', default='', help='instead: every write made by these operations (e.g. torch.save,safetensors.save_file,tokenizer.save)')
     ap.add_argument('--max', type=int, default=0, help='with --ops: a seeded sample of at most this many (0: all)')
     ap.add_argument('--kinds', default=','.join(KINDS)); ap.add_argument('--seed', type=int, default=0)

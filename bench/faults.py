@@ -40,7 +40,7 @@ def summarise(sweep:Sweep, trials:list, corrupt:list, args, seconds:float) -> di
             'stages_covered': sorted({t['stage'] for t in trials if t['fired']}, key=STAGES.index),
             'kinds': {k: sum(t['kind'] == k for t in trials) for k in KINDS},
             'stopped_the_run': len(stopped), 'reruns_identical': sum(t['identical'] for t in trials),
-            'messages_checked': len(msg), 'messages_named': sum(bool(t['one_line'] and t['named'] and t['cause'] and not t['internal']) for t in msg),
+            'messages_checked': len(msg), 'messages_named': sum(bool(t['one_line'] and t['named'] == 'file' and t['cause'] and not t['internal']) for t in msg),
             'internal_errors': sum(t['internal'] for t in msg), 'leftovers': sum(bool(t['leftovers']) for t in trials),
             'cache_incomplete': sum(bool(t['cache']) for t in trials), 'outside_changed': sum(bool(t['outside']) for t in trials),
             'corruptions': len(corrupt), 'corruption_outcomes': {o: sum(c['outcome'] == o for c in corrupt) for o in sorted({c['outcome'] for c in corrupt})},
@@ -57,7 +57,8 @@ def markdown(s:dict) -> str:
          f"| {s['faults_injected']} of {s['trials']} | {', '.join(s['stages_covered'])} | {s['stopped_the_run']} | {s['reruns_identical']} of {s['trials']} | "
          f"{s['messages_named']} of {s['messages_checked']} | {s['internal_errors']} | {s['leftovers']} | {s['cache_incomplete']} | {s['outside_changed']} |", '',
          'Write operations per stage (counting run): ' + ', '.join(f'{k} {v}' for k, v in s['writes_per_stage'].items()) + '.', '',
-         f"Corruptions: {s['corruptions']}; outcomes: " + ', '.join(f'{k} {v}' for k, v in s['corruption_outcomes'].items()) + '.', '',
+         *([f"Corruptions: {s['corruptions']}; outcomes: " + ', '.join(f'{k} {v}' for k, v in s['corruption_outcomes'].items()) + '.', '']
+           if s['corruptions'] else []),
          '| fault | path | message (last line) | finding |', '|---|---|---|---|']
     esc = lambda x: str(x).replace('|', '\\|').replace('\n', ' ')[:300]
     L += [f"| {esc(f['fault'])} | `{esc(f['path'])}` | {esc(f['message'])} | {esc(f['finding'])} |" for f in s['findings']]

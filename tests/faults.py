@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 STAGES = ('prepare', 'embed', 'sid', 'sft', 'evaluate', 'rl', 'report')
 KINDS = ('kill', 'enospc', 'eio', 'sigterm')
 CAUSE = {'enospc': 'no space left on device', 'eio': 'input/output error'}
+FAULT_NAME = {'kill': 'kill', 'sigterm': 'SIGTERM', 'enospc': 'disk-full', 'eio': 'I/O-error'}
 _TMP = re.compile(r'\.(?P<name>.+)\.(?:[a-z0-9_]{8}\.tmp|old\.\d+)')      # minionerec.rundir's leftover names
 _ANY_TMP = re.compile(r'(\.tmp$|\.old\.\d+$|^\.writing\.|^\.download\.|^\.prepare\.)')
 
@@ -108,8 +109,8 @@ def judge(rec:dict) -> list[str]:
     if rec.get('cache_leftovers'): f.append(f"a temporary file left in the cache after the rerun (no run removes it): {rec['cache_leftovers'][:4]}")
     if rec['outside']: f.append(f"changed outside the run folder: {rec['outside'][:4]}")
     if kind in CAUSE and rec['fired']:
-        if not rec['stopped']: f.append(f'a {kind} fault did not stop the run (rc 0): was it reported?')
-        elif rec['internal']: f.append(f'"internal error" for a {kind} fault: {rec["line"]}')
+        if not rec['stopped']: f.append(f'a {FAULT_NAME[kind]} fault did not stop the run (rc 0): was it reported?')
+        elif rec['internal']: f.append(f'"internal error" for a {FAULT_NAME[kind]} fault: {rec["line"]}')
         elif not (rec['one_line'] and rec['cause']): f.append(f'the last line does not give the cause: {rec["line"]}')
         elif rec['named'] == 'temporary file': f.append(f'the last line names the temporary file, not the artifact: {rec["line"]}')
         elif rec['named'] != 'file': f.append(f'the last line does not name the file: {rec["line"]}')

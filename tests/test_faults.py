@@ -9,9 +9,9 @@ from faults import Sweep, STAGES, KINDS, sample
 # A finding not matched here fails the test; a fixed one simply stops matching (remove its line then).
 KNOWN_OPEN = [
     (r'^SIGTERM stopped the run without a line', 'issue 24 section 1 (SIGTERM, as a scheduler sends it): not handled yet'),
-    (r'"internal error" for a (enospc|eio) fault: .*SafetensorError', 'found by this sweep: a failed write inside safetensors '
+    (r'"internal error" for a (disk-full|I/O-error) fault: .*SafetensorError', 'found by this sweep: a failed write inside safetensors '
      "save_file is not translated into a one-line disk / I/O error naming the file"),
-    (r'"internal error" for a (enospc|eio) fault: .*Exception: .*os error', 'found by this sweep: a failed tokenizer.json write '
+    (r'"internal error" for a (disk-full|I/O-error) fault: .*Exception: .*os error', 'found by this sweep: a failed tokenizer.json write '
      '(tokenizers Rust writer) is not translated into a one-line disk / I/O error naming the file'),
     (r'^the last line names the temporary file, not the artifact', 'found by this sweep: an I/O error (not a full disk) '
      'inside core.atomic_write is re-raised with the name of its temporary .NAME.xxxxxxxx.tmp file, which is gone by then'),

@@ -10,11 +10,11 @@ Writes OUT/summary.json (every trial and its findings) and OUT/summary.md (the t
 Run:  OMP_NUM_THREADS=1 python bench/faults.py --per 1 --corrupt 16 --out nbs/results/faults
 """
 from __future__ import annotations
-import argparse, json, os, random, sys, time
+import argparse, json, os, random, re, sys, time
 from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO/'tests'))
-from faults import Sweep, STAGES, KINDS, sample, message, judge     # tests/faults.py (this file's name is the same: tests/ goes first)
+from faults import Sweep, STAGES, KINDS, sample, message, judge, judge_corruption     # tests/faults.py (this file's name is the same: tests/ goes first)
 
 MODES = ('truncate', 'empty', 'garble')
 
@@ -69,6 +69,10 @@ def rescore(args):
     out = Path(args.out); old = json.loads((out/'summary.json').read_text()); sweep = Sweep(args.work)
     for t in old['fault_trials']:
         t.update(message(t['line'], str(sweep.work/t['path']), t['kind'])); t['findings'] = judge(t)
+    for c in old['corruption_trials']:
+        p = (sweep.work/'cache'/c['artifact'][len('cache/'):]) if c['artifact'].startswith('cache/') else sweep.work/'run'/c['artifact']
+        c.update(message(c['line'], str(p))); c['hint'] = bool(re.search(r'--force|rerun (?!with --debug)|run .* again|remove|delete|download', c['line']))
+        c['findings'] = judge_corruption(c)
     args.seed, args.sampling, args.planned = old['seed'], old['sampling'], old.get('planned')
     s = summarise(sweep, old['fault_trials'], old['corruption_trials'], args, old['seconds'])
     (out/'summary.json').write_text(json.dumps(s, indent=1) + '\n'); (out/'summary.md').write_text(markdown(s))

@@ -118,6 +118,17 @@ def judge(rec:dict) -> list[str]:
         f.append(f"SIGTERM stopped the run without a line (rc {rec['rc']})")
     return f
 
+def judge_corruption(rec:dict) -> list[str]:
+    "The outcome (set on `rec` when the run failed) and the findings of one corruption record (see `Sweep.corrupt`)."
+    if rec['rc'] != 0:
+        rec['outcome'] = ('named' + (' with a hint' if rec['hint'] else '') if rec['named'] == 'file' and not rec['internal'] and rec['one_line']
+                          else 'unclear message')
+    o = rec['outcome']
+    if o == 'finished with different results': return [f"silently different results: {(rec['diffs'] + rec.get('cache_files', []))[:6]}"]
+    if o == 'unclear message': return [f"rc {rec['rc']}, the last line does not name {rec['artifact']}: {rec['line']}"]
+    if o == 'named': return [f"named but no recovery hint: {rec['line']}"]
+    return []
+
 # ---------------------------------------------------------------- running the pipeline with a fault
 
 class Sweep:
@@ -260,13 +271,10 @@ class Sweep:
         elif r.returncode == 0 and rec['diffs'] == [f'differs {rel}'] and not cache:   # no stage of this rerun read it: not a finding
             rec['outcome'] = 'left in place, not read'
         elif r.returncode == 0: rec['outcome'] = 'finished with different results'
-        elif rec['named'] == 'file' and not rec['internal'] and rec['one_line']: rec['outcome'] = 'named' + (' with a hint' if rec['hint'] else '')
-        else: rec['outcome'] = 'unclear message'
-        f = []
-        if rec['outcome'] == 'finished with different results': f.append(f'silently different results: {(rec["diffs"] + cache)[:6]}')
-        if rec['outcome'] == 'unclear message': f.append(f'rc {r.returncode}, the last line does not name {rel}: {rec["line"]}')
-        if rec['outcome'] == 'named': f.append(f'named but no recovery hint: {rec["line"]}')
-        rec['findings'] = f; rec['leftovers'] = leftovers(self.run); rec['seconds'] = round(time.time() - t, 1)
+        else: rec['outcome'] = None
+        rec['cache_files'] = cache
+        rec['findings'] = judge_corruption(rec)
+        rec['leftovers'] = leftovers(self.run); rec['seconds'] = round(time.time() - t, 1)
         return rec
 
 def sample(population:list, n:int, seed:int) -> list:

@@ -183,7 +183,7 @@ def test_report_bootstraps_every_generative_row_against_every_baseline(tiny_run)
     run, _ = tiny_run
     ev, rl = _ranks(run/'evaluate'/'ranks.csv'), _ranks(run/'rl'/'ranks.csv')
     metrics = json.loads((run/'evaluate'/'metrics.json').read_text())
-    base = ['Popularity', 'MF', 'SASRec', 'TIGER']                      # the tiny preset's baselines (GRU4Rec off)
+    base = ['Popularity', 'MF', 'SASRec', 'HSTU', 'TIGER']                      # the tiny preset's baselines (GRU4Rec off)
     assert list(ev.columns) == ['row', 'target', 'user_id', 'MiniOneRec SFT'] + base and list(metrics) == ['MiniOneRec SFT'] + base
     assert list(rl.columns) == ['row', 'target', 'user_id', 'MiniOneRec SFT', 'MiniOneRec SFT+RL']
     assert ev['row'].equals(rl['row']) and ev['target'].equals(rl['target']) and ev['row'].is_unique

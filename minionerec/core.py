@@ -93,7 +93,7 @@ def unique_pairs(pairs, path=None) -> dict:
         d[k] = v
     return d
 
-# %% ../nbs/00_core.ipynb #75ce75be
+# %% ../nbs/00_core.ipynb #320e0f07
 class DiskFullError(OSError):
     "The disk (or quota) filled up while writing an artifact; the message names the file and says that nothing partial was kept."
 
@@ -136,6 +136,8 @@ def atomic_write(path, mode:str='w', encoding:str|None='utf-8'):
             with contextlib.suppress(FileNotFoundError): os.remove(tmp)
         full = None if isinstance(e, DiskFullError) else disk_full_cause(e)
         if full is not None: raise _disk_full(full, path) from e
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (tmp, None):   # name the artifact, not the deleted temporary file
+            raise OSError(e.errno, f'{e.strerror or os.strerror(e.errno)} while writing {path}', str(path)) from e
         raise
 
 def write_text(path, text:str) -> Path:

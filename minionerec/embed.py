@@ -158,7 +158,7 @@ def _encode_texts(texts:list[str], cfg:EmbedConfig) -> np.ndarray:
         for i, v in zip(idx, enc([texts[i] for i in idx])): out[i] = v
     return np.stack(out).astype(np.float32)
 
-# %% ../nbs/02_embed.ipynb #5c5722f0
+# %% ../nbs/02_embed.ipynb #6f04d959
 def encode_items(items, cfg:EmbedConfig|None=None, cache:bool|str|Path=True) -> np.ndarray:
     "Embed every item's text (`item_texts`): (N, D) float32 in row order; `cache` = True (default folder), a folder, or False."
     cfg = cfg or EmbedConfig()
@@ -166,8 +166,11 @@ def encode_items(items, cfg:EmbedConfig|None=None, cache:bool|str|Path=True) -> 
     if not texts: raise ValueError('no items to embed')
     path = embedding_cache_path(texts, cfg, None if cache is True else cache) if cache else None
     if path is not None and path.exists():
-        emb = np.load(path)
-        if emb.shape[0] == len(texts): return emb
+        try: emb = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:                 # a truncated or garbled entry is rebuilt, never trusted
+            get_logger('minionerec.embed').warning(f'{path}: unreadable cache entry ({type(e).__name__}: {e}); embedding again')
+            emb = None
+        if emb is not None and emb.ndim == 2 and emb.shape[0] == len(texts): return emb
     emb = _encode_texts(texts, cfg)
     if path is not None:
         with atomic_write(path, 'wb') as f: np.save(f, emb)

@@ -26,7 +26,9 @@ FAULT_NAME = {'kill': 'kill', 'sigterm': 'SIGTERM', 'enospc': 'disk-full', 'eio'
 _TMP = re.compile(r'\.(?P<name>.+)\.(?:[a-z0-9_]{8}\.tmp|old\.\d+)')      # minionerec.rundir's leftover names
 _ANY_TMP = re.compile(r'(\.tmp$|\.old\.\d+$|^\.writing\.|^\.download\.|^\.prepare\.)')
 
-def is_time_key(k) -> bool: return isinstance(k, str) and (k == 'seconds' or k.endswith('_seconds') or k.endswith('_s'))
+def is_time_key(k) -> bool:
+    "A recorded wall time: JSON keys / CSV columns `seconds`, `*_seconds`, `*_s`; report columns 'train s', 'rank s', 'rank s valid'."
+    return isinstance(k, str) and (k == 'seconds' or k.endswith('_seconds') or k.endswith('_s') or re.match(r'^(train|rank) s\b', k) is not None)
 
 # ---------------------------------------------------------------- comparing runs with wall times set aside
 

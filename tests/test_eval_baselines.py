@@ -175,10 +175,10 @@ def test_compare_baselines_on_given_rows_with_tiger_and_mf(tmp_path):
                             mf=MFConfig.tiny().replace(epochs=1), tiger=TIGERConfig.tiny().replace(epochs=1), index=random_index(30, 6),
                             rows=rows, tiger_beams=12, hstu=HSTUConfig.tiny().replace(epochs=1))
     assert list(res) == ['Popularity', 'MF', 'SASRec', 'HSTU', 'TIGER']
-    for name in ('MF', 'SASRec', 'HSTU', 'TIGER'):            # training and ranking seconds reported apart, summing to `seconds`
-        r = res[name]
-        assert r.train_s > 0 and r.rank_s > 0 and 0 <= r.seconds - r.train_s - r.rank_s < 1, (name, r.train_s, r.rank_s, r.seconds)
     js = json.loads((tmp_path/'metrics.json').read_text())
+    for name in ('MF', 'SASRec', 'HSTU', 'TIGER'):            # training and ranking seconds reported apart, summing to `seconds`
+        m = js[name]
+        assert m['train_s'] > 0 and m['rank_s'] is not None and m['rank_s'] >= 0 and abs(m['seconds'] - m['train_s'] - m['rank_s']) < 0.01, (name, m)
     for name, r in res.items():
         assert r.rows.tolist() == rows.tolist() and js[name]['rows'] == 5 and js[name]['invalid'] == 0 and js[name]['duplicates'] == 0
         assert r.targets.tolist() == data.splits['test'].target.values[rows].tolist()

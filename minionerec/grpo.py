@@ -205,7 +205,7 @@ def guide_groups(rollout:Rollout) -> Rollout:
     out.guided = miss
     return out
 
-# %% ../nbs/12_grpo.ipynb #c6606c6a
+# %% ../nbs/12_grpo.ipynb #d0996cb4
 def sid_completions(index, tokenizer, include_eos:bool=True) -> tuple[torch.Tensor, torch.Tensor]:
     "Completion token ids of every item (N, L) right-padded, and their lengths (N,): the SFT target `sid + [eos]`."
     eos, pad = eos_id(tokenizer), pad_id(tokenizer)
@@ -225,15 +225,15 @@ def build_batch(rollout:Rollout, tokenizer, completions:tuple, cfg:GRPOConfig, r
     p_ids, p_mask = left_pad(prompt_ids(tokenizer, rollout.prompts), pad_id(tokenizer))      # (B, P)
     c_all, c_len = completions
     flat = torch.from_numpy(items.reshape(-1))
-    c_ids = c_all[flat]                                                                         # (B*G, L)
-    c_mask = (torch.arange(c_ids.shape[1])[None] < c_len[flat][:, None]).long()
+    mask_of = lambda idx: (torch.arange(c_all.shape[1])[None] < c_len[idx][:, None]).long()    # completion mask of items `idx`
+    c_ids, c_mask = c_all[flat], mask_of(flat)                                                  # (B*G, L)
     keep = scored['keep']
     if cfg.filter_groups: keep = keep & scored['informative']                                   # groups with a learning signal
     keep = torch.from_numpy(keep).repeat_interleave(G)                                          # (B*G,)
     batch = {'completion_ids': c_ids, 'completion_mask': c_mask, 'loss_mask': c_mask * keep[:, None].long(), 'advantages': adv.reshape(-1)}
     R = G + (cfg.sft_weight > 0)                                                                # rows per group: the anchor row last
     if R > G:
-        t = torch.from_numpy(rollout.targets); t_mask = (torch.arange(c_all.shape[1])[None] < c_len[t][:, None]).long()
+        t = torch.from_numpy(rollout.targets); t_mask = mask_of(t)
         anchor = {'completion_ids': c_all[t], 'completion_mask': t_mask, 'loss_mask': t_mask, 'advantages': torch.full((B,), float(cfg.sft_weight))}
         batch = {k: torch.cat([v.view(B, G, *v.shape[1:]), anchor[k].view(B, 1, *v.shape[1:]).to(v.dtype)], 1).flatten(0, 1) for k, v in batch.items()}
     return {'prompt_ids': p_ids.repeat_interleave(R, 0), 'prompt_mask': p_mask.repeat_interleave(R, 0), **batch,

@@ -79,7 +79,7 @@ class RecGRPOTrainer:
     @property
     def policy(self): return self.acc.unwrap_model(self.model)
 
-# %% ../nbs/12a_grpo_trainer.ipynb #c2a06eb2
+# %% ../nbs/12a_grpo_trainer.ipynb #8e7945c5
 @patch
 def rollout(self:RecGRPOTrainer, examples:list) -> Rollout:
     "Constrained-beam groups of `examples` under the current policy."
@@ -96,7 +96,7 @@ def make_batch(self:RecGRPOTrainer, rollout:Rollout) -> dict:
 def _micro_slices(self:RecGRPOTrainer, batch:dict) -> list[slice|torch.Tensor]:
     """Rows of each micro-batch. Every process runs the same number (`accumulate` and DDP count them); rows with a zero
     `loss_mask` (dropped groups) are left out, and a micro-batch left with no row gets one dropped row (loss 0)."""
-    n, per = batch['advantages'].shape[0], self.cfg.micro_batch * batch.get('R', batch['G'])
+    n, per = batch['advantages'].shape[0], self.cfg.micro_batch * batch['R']
     live = batch['loss_mask'].sum(1) > 0
     if bool(live.all()): return [slice(s, min(n, s + per)) for s in range(0, n, per)]
     chunks = torch.tensor_split(torch.nonzero(live)[:, 0], math.ceil(n / per))
@@ -169,7 +169,7 @@ def update(self:RecGRPOTrainer, batch:dict) -> dict:
     return {'loss': tot['loss'], 'kl': tot['kl'] / n, 'clip_frac': tot['clip_frac'] / n, 'ratio': tot['ratio'] / n,
             'grad_norm': tot['grad_norm'] / tot['norms'] if tot['norms'] else float('nan')}
 
-# %% ../nbs/12a_grpo_trainer.ipynb #28752711
+# %% ../nbs/12a_grpo_trainer.ipynb #f427ba73
 def _step_stats(acc, ro:Rollout, batch:dict) -> dict:
     "Rewards per component, hit_frac, guided_frac, informative, group_ndcg, groups, trained_frac and adv_abs of a step, over all processes."
     sc, out = batch['scored'], {}
@@ -182,7 +182,7 @@ def _step_stats(acc, ro:Rollout, batch:dict) -> dict:
     eq = ro.items == ro.targets[:, None]                                   # (b, G): where the target sits in its group
     out['group_ndcg'] = float(g(np.where(eq.any(1), rank_discount(eq.argmax(1) + 1), 0.0), torch.float32).mean())
     out['groups'] = int(g(sc['hit']).numel())
-    G, R = batch['G'], batch.get('R', batch['G'])
+    G, R = batch['G'], batch['R']
     live = (batch['loss_mask'].view(len(ro), R, -1)[:, :G].sum((1, 2)) > 0).float()
     out['trained_frac'] = float(g(live).mean())                            # groups in the loss (all but dropped ones)
     out['adv_abs'] = float(acc.gather(batch['advantages'].view(len(ro), R)[:, :G].float().abs()).mean())   # candidates only, not anchors
@@ -358,7 +358,7 @@ def train_grpo(cfg:GRPOConfig, model, tokenizer, index, train_examples:list, val
     S.save(step)
     return _grpo_finish(cfg, tr, S, step, start, out_dir, reward_cfg, index, log)
 
-# %% ../nbs/12a_grpo_trainer.ipynb #28bfa645
+# %% ../nbs/12a_grpo_trainer.ipynb #dc7da666
 def explain_run(history:pd.DataFrame, evals:pd.DataFrame, best_step:int) -> dict:
     "The numbers that say why a GRPO run did or did not help: kept step, selection gain, informative / hit / guided shares, KL, gradient norm."
     h, e = history, evals
@@ -375,7 +375,7 @@ def explain_line(ex:dict, valid_boot:dict|None=None) -> str:
     head = (f"RL kept step {ex['kept_step']} of {ex['steps']}" if ex['kept_step'] else
             f"RL learned nothing it could keep: no step of {ex['steps']} beat the SFT weights on the selection subset (kept step 0)")
     why = (f"informative groups {ex['informative']:.0%} (target among the beams in {ex['hit_frac']:.0%}"
-           + (f", guided in {ex['guided_frac']:.0%}" if ex.get('guided_frac', 0) == ex.get('guided_frac', 0) and ex.get('guided_frac', 0) > 0 else '')
+           + (f", guided in {ex['guided_frac']:.0%}" if (ex.get('guided_frac') or 0) > 0 else '')   # NaN or 0: no guided groups
            + f"), KL {ex['kl_kept']:.2e} at the kept step, gradient norm {ex['grad_norm']:.3g}")
     val = '' if not valid_boot else (f"; full validation {valid_boot['metric']} {valid_boot['a']:.4f} -> {valid_boot['b']:.4f}, "
                                      f"{valid_boot['delta']:+.4f} [{valid_boot['lo']:+.4f}, {valid_boot['hi']:+.4f}]")

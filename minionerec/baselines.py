@@ -348,7 +348,7 @@ def sasrec_scorer(model) -> Callable:
         return sc[0].detach().float().cpu().numpy()
     return scorer
 
-# %% ../nbs/10_baselines.ipynb #2a032074
+# %% ../nbs/10_baselines.ipynb #bcb58ee0
 def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
     "`r` re-scored on the rows `rows` of its split (a subset of the rows it ranked), keeping its training history."
     if np.array_equal(r.rows, rows): return r
@@ -364,10 +364,11 @@ def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
 def compare_baselines(data, out_dir=None, split:str='test', sasrec:SASRecConfig|None|bool=True,
                       gru4rec:GRU4RecConfig|None|bool=True, k:int=50, extra:dict|None=None, ks=(1, 3, 5, 10, 20, 50),
                       title:str='Baselines', mf:MFConfig|bool=False, tiger=False, index=None, rows=None,
-                      tiger_beams:int|None=None, also:dict|None=None, hstu=False) -> dict:
+                      tiger_beams:int|None=None, also:dict|None=None, hstu=False, on_trained:Callable|None=None) -> dict:
     """Popularity, MF, GRU4Rec, SASRec, HSTU and TIGER (each off with `False`; MF, HSTU and TIGER off by default, TIGER needs the SID
     `index`) on `split`, scored on rows `rows` (default all); report written to `out_dir`. TIGER's list has `tiger_beams` (default `k`) items.
-    `also` = `{other split: rows or None}`: the same trained models rank those too, in `result.also[split]`."""
+    `also` = `{other split: rows or None}`: the same trained models rank those too, in `result.also[split]`.
+    `on_trained(name, cfg, model)` is called with each trained sequential model (the pipeline keeps SASRec as the RL scorer)."""
     results, also = dict(extra or {}), dict(also or {})
     splits = {split: rows, **also}
     rank = lambda name, ranked, sp, t, tt: evaluate_rankings(name, ranked, data.splits[sp]['target'].to_numpy(np.int64), data, sp, ks=ks,
@@ -382,6 +383,7 @@ def compare_baselines(data, out_dir=None, split:str='test', sasrec:SASRecConfig|
         if cfg is False: continue
         cfg = default() if cfg in (None, True) else cfg
         with Timer() as tt: model, hist = train(data, cfg)
+        if on_trained is not None: on_trained(name, cfg, model)
         rs = {}
         for sp in splits:
             with Timer() as t: ranked = seq_ranking(model, data, sp, k)

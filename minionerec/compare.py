@@ -22,7 +22,7 @@ __all__ = ['RL_DIST_PROMPTS', 'BOOTSTRAP_RESAMPLES', 'SEED_METRICS', 'split_suff
            'rl_reward_distributions', 'compare_rl', 'joined_ranks', 'report_comparisons', 'run_metrics', 'split_lines',
            'breakdown_lines', 'stage_report', 'seeds_summary']
 
-# %% ../nbs/13c_compare.ipynb #f468c32c
+# %% ../nbs/13c_compare.ipynb #fb457a61
 def _eval_summary(r) -> dict:
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.summary().items()}
 
@@ -48,7 +48,8 @@ def stage_evaluate(ctx, out:Path) -> dict:
     # every baseline is scored on exactly the rows the generative model was scored on, with the same metric code
     results = compare_baselines(data, None, split=cfg.eval.split, sasrec=off(b.sasrec), gru4rec=off(b.gru4rec), mf=off(b.mf),
                                 tiger=off(b.tiger), hstu=off(b.hstu), index=index, rows=res.rows, tiger_beams=cfg.eval.num_beams, ks=cfg.eval.ks,
-                                extra={'MiniOneRec SFT': res}, also={sp: gen[sp].rows for sp in splits[1:]})
+                                extra={'MiniOneRec SFT': res}, also={sp: gen[sp].rows for sp in splits[1:]},
+                                on_trained=lambda name, c, m: name == 'SASRec' and ctx.keep_scorer(c, m))   # rl's reward reuses it
     results = {k: v for k, v in results.items() if b.popularity or k != 'Popularity'}
     for k, r in results.items():
         if getattr(r, 'train_history', None) is not None: r.train_history.to_csv(out/f'{k}_history.csv', index=False)

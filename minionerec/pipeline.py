@@ -46,9 +46,9 @@ _all_ = ['stage_evaluate', 'stage_report', 'report_comparisons', 'rl_reward_dist
 __all__ = ['RAW_SOURCES', 'SEEDLESS_SECTIONS', 'RANKING_METRICS', 'STAGES', 'STAGE_NAMES', 'STAGE', 'DISTRIBUTED_STAGES',
            'DataSection', 'SIDSection', 'BaselinesSection', 'PipelineConfig', 'seed_paths', 'fingerprint', 'Stage',
            'RunContext', 'build_dataset', 'stage_prepare', 'stage_embed', 'stage_sid', 'catalogue_texts',
-           'ranking_score_fn', 'stage_sft', 'collab_scorer', 'stage_rl', 'is_main_process', 'stage_fingerprints',
-           'check_config', 'run_pipeline', 'stage_evaluate', 'stage_report', 'report_comparisons',
-           'rl_reward_distributions', 'RL_DIST_PROMPTS', 'BOOTSTRAP_RESAMPLES']
+           'ranking_score_fn', 'stage_sft', 'scorer_cache_path', 'save_collab_scorer', 'collab_scorer', 'stage_rl',
+           'is_main_process', 'stage_fingerprints', 'check_config', 'run_pipeline', 'stage_evaluate', 'stage_report',
+           'report_comparisons', 'rl_reward_distributions', 'RL_DIST_PROMPTS', 'BOOTSTRAP_RESAMPLES']
 
 # %% ../nbs/13_pipeline.ipynb #bfb34866
 RAW_SOURCES = ('interactions', 'amazon2018', 'amazon2023')   # sources that go through the paper's protocol
@@ -237,7 +237,7 @@ class Stage:
         except ValueError: return False
         return d.get('fingerprint') == fp and all((Path(run_dir)/self.name/o).exists() for o in self.outputs)
 
-# %% ../nbs/13_pipeline.ipynb #6f43874c
+# %% ../nbs/13_pipeline.ipynb #ff4a6c3d
 class RunContext:
     "The config, the run directory and lazily loaded artifacts of earlier stages."
     def __init__(self, cfg:PipelineConfig, run_dir=None):
@@ -250,6 +250,9 @@ class RunContext:
     def data(self) -> RecData: return self._get('data', lambda: load_published(self.path('prepare', 'data')))
     def embeddings(self) -> np.ndarray: return self._get('emb', lambda: np.load(self.path('embed', 'embeddings.npy')))
     def index(self) -> SIDIndex: return self._get('index', lambda: SIDIndex.from_json(self.path('sid', 'index.json')))
+    def keep_scorer(self, sasrec_cfg, model) -> bool:
+        "Cache a SASRec trained elsewhere in the run (the evaluate stage's baseline) as the collaborative scorer when its config matches."
+        return save_collab_scorer(self.cfg, sasrec_cfg, model)
     def sft_checkpoint(self) -> Path:
         d = read_json(self.path('sft', 'DONE.json'))
         return self.path('sft', d['metrics']['checkpoint'])
@@ -363,23 +366,36 @@ def stage_sft(ctx:RunContext, out:Path) -> dict:
             'train_examples': len(train), 'valid_examples': len(valid), 'wall_seconds': round(res.wall_seconds, 1),
             'n_params': sum(p.numel() for p in model.parameters())}
 
-# %% ../nbs/13_pipeline.ipynb #f7b83196
+# %% ../nbs/13_pipeline.ipynb #e060405b
+def scorer_cache_path(cfg:PipelineConfig) -> Path|None:
+    "Where the collaborative scorer of `cfg` is cached (keyed by its SASRec config and the prepared data), or None when `rewards.collab == 0`."
+    c = cfg.collab_scorer
+    return None if c is None else cache_dir()/'scorers'/f"sasrec-{fingerprint(c, stage_fingerprints(cfg)['prepare'])}.pt"
+
+def save_collab_scorer(cfg:PipelineConfig, sasrec_cfg, model) -> bool:
+    """Cache `model` as the run's collaborative scorer when it was trained with exactly the scorer's config, so the rl stage
+    reuses the evaluate stage's SASRec instead of training the same model again; True when it was saved."""
+    path = scorer_cache_path(cfg)
+    if path is None or sasrec_cfg != cfg.collab_scorer: return False
+    import torch
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, 'wb') as f: torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)
+    return True
+
 def collab_scorer(ctx:RunContext):
-    "`scorer(history) -> (N,) item scores` of a SASRec trained on the run's train split for the collaborative reward (cached), or None when `rewards.collab == 0`."
-    c = ctx.cfg.collab_scorer
+    "`scorer(history) -> (N,) item scores` of a SASRec trained on the run's train split for the collaborative reward (cached; the evaluate stage's SASRec when it has the same config), or None when `rewards.collab == 0`."
+    c, path = ctx.cfg.collab_scorer, scorer_cache_path(ctx.cfg)
     if c is None: return None
     import torch
     from minionerec.baselines import SASRec, train_sasrec, sasrec_scorer
     data = ctx.data()
-    path = cache_dir()/'scorers'/f"sasrec-{fingerprint(c, stage_fingerprints(ctx.cfg)['prepare'])}.pt"
     model = SASRec(n_items=len(data.items), hidden=c.hidden, layers=c.layers, heads=c.heads, dropout=c.dropout, max_len=c.max_len, inner=c.inner)
     if path.exists():
         try: model.load_state_dict(torch.load(path, map_location='cpu', weights_only=True)); return sasrec_scorer(model)
         except Exception as e: ctx.log.warning(f'{path} does not load ({type(e).__name__}); training the scorer again')
     with Timer() as t: model, _ = train_sasrec(data, c)
+    save_collab_scorer(ctx.cfg, c, model)
     ctx.log.info(f'collaborative scorer: SASRec trained in {t.seconds:.0f}s, cached in {path}')
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, 'wb') as f: torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, f)
     return sasrec_scorer(model)
 
 # %% ../nbs/13_pipeline.ipynb #68d00f2c

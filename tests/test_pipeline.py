@@ -260,3 +260,20 @@ def test_seeds_option_runs_each_seed_with_every_sub_seed_and_summarises(tmp_path
     per = pd.read_csv(run/'seeds'/'per_seed.csv')
     assert sorted(per.seed.unique()) == [1, 2]
     assert '± ' in (run/'seeds'/'summary.md').read_text()
+
+def test_rl_reuses_the_evaluate_stage_sasrec_as_collab_scorer(tiny_run, tmp_path):
+    "With `rewards.collab > 0` the evaluate stage's SASRec (same config) is cached as the RL scorer; the rl stage loads it instead of training it again."
+    import shutil
+    run, _ = tiny_run
+    copy = tmp_path/'run'; shutil.copytree(run, copy)
+    env = {**os.environ, 'OMP_WAIT_POLICY': 'PASSIVE', 'HF_HUB_OFFLINE': '1', 'MINIONEREC_CACHE': str(tmp_path/'cache')}
+    run_stage = lambda *a: subprocess.run([sys.executable, '-m', 'minionerec', *a, '--config', 'tiny', '--run-dir', str(copy), '--set', 'rewards.collab=1'],
+                                          capture_output=True, text=True, env=env, timeout=900)
+    r = run_stage('evaluate', '--force')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list((tmp_path/'cache'/'scorers').glob('sasrec-*.pt'))) == 1
+    r = run_stage('rl')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'collaborative scorer: SASRec trained' not in r.stderr          # loaded, not retrained
+    hist = json.loads((copy/'rl'/'DONE.json').read_text())
+    assert hist['metrics']['explain']['steps'] > 0

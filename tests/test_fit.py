@@ -16,10 +16,18 @@ SHAPES = {'small/short': stats(5_000, 2), 'small/long': stats(5_000, 10), 'large
 STEPS = ('sft.max_steps', 'rl.max_steps', 'baselines.tiger.max_steps', 'baselines.sasrec.epochs', 'baselines.hstu.epochs', 'baselines.mf.epochs')
 
 def get(cfg, key):
+    "A config value by dotted key; for an epoch-trained baseline's `epochs`, its optimizer steps (epochs x batches of the rows kept)."
+    if key.endswith('.epochs') and key.startswith('baselines.'):
+        b = get(cfg, key.rsplit('.', 1)[0]); rows = SHAPE_ROWS[id(cfg)]
+        return b.epochs * -(-min(rows, cfg.data.max_train or rows) // b.batch_size)
     for p in key.split('.'): cfg = getattr(cfg, p)
     return cfg
 
-def fit(shape, minutes=30.0, **kw): return fit_to_data(preset('auto').replace(budget_minutes=minutes), stats=SHAPES[shape], **kw)
+SHAPE_ROWS = {}   # id(config) -> train rows of the shape it was fitted to
+
+def fit(shape, minutes=30.0, **kw):
+    c = fit_to_data(preset('auto').replace(budget_minutes=minutes), stats=SHAPES[shape], **kw)
+    SHAPE_ROWS[id(c)] = SHAPES[shape]['train_rows']; return c
 
 def test_settings_follow_the_data():
     c = {k: fit(k) for k in SHAPES}

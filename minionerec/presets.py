@@ -338,7 +338,7 @@ def _fit_fixed(f:_Fit, budget:float) -> float:
     f.sec['rank_rl'] = 2 * lm_row(beams) * rows + 2 * RL_DIST_PROMPTS * lm_row(f.get('rl.num_generations'))
     return sum(f.sec.values())
 
-# %% ../nbs/13b_presets.ipynb #352949a7
+# %% ../nbs/13b_presets.ipynb #f28091ea
 _VALID_WHY = f'validation rows decoded at each of the {FIT_EVALS} validations: about 10% of the share, 100 to 1000 rows'
 
 def _valid_rows(f:_Fit, seconds:float, per_row:float) -> int:
@@ -365,7 +365,7 @@ def _fit_sft(f:_Fit, share:float):
 def _fit_rl(f:_Fit, share:float):
     "GRPO steps, validations and a wall-clock cap from our model's RL share (seconds)."
     step, row = _lm_costs(f); G, n = f.get('rl.num_generations'), f.get('rl.prompts_per_step')
-    seq = prompt_tokens(f.get('tasks.max_history'), f.sid_shape()[0]); per_seq = step / f.get('sft.global_batch_size')
+    per_seq = step / f.get('sft.global_batch_size')                         # one sequence's share of an SFT step
     rl_step = n * (row(G) + (G + 1) * per_seq * 4 / 3)                      # rollouts, then the update and the reference's forward
     users = f.put('rl.eval_max_users', _valid_rows(f, 0.1 * share / 5, row(f.get('rl.eval_beams'))), 'validation rows of each of 5 validations: about 10% of the share')
     per_eval = users * row(f.get('rl.eval_beams'))

@@ -417,7 +417,7 @@ STAGES = [
 STAGE_NAMES = tuple(s.name for s in STAGES)
 STAGE = {s.name: s for s in STAGES}
 
-# %% ../nbs/13_pipeline.ipynb #c9d7f54a
+# %% ../nbs/13_pipeline.ipynb #0cc87fd2
 DISTRIBUTED_STAGES = ('sft', 'evaluate', 'rl')   # the stages that may run under `accelerate launch` / `torchrun`
 
 def is_main_process() -> bool: return int(os.environ.get('RANK', 0)) == 0
@@ -478,6 +478,7 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None, wait:b
             for s in stages: check_own_folder(ctx.path(s), s)     # a user's folder named like a stage: an error before any work
             write_own_text(ctx.path('resolved_config.yaml'), cfg.to_yaml(), 'the resolved config of this run, rewritten by every run')
             for k, v in cfg.fitted.items(): ctx.log.info(f'fitted {k} = {v}')   # preset 'auto': every setting with its reason
+            if cfg.planned_minutes: ctx.log.info(f'planned minutes per stage (preset auto): {cfg.planned_minutes}')
         return _run_stages(ctx, stages, force, main, world)
 
 def _run_stages(ctx:RunContext, stages, force, main:bool, world:int) -> dict:

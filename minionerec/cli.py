@@ -49,12 +49,12 @@ def prepare_summary(m:dict) -> str:
         if drop: lines.append('items dropped: ' + (', '.join(f'{v:,} {k}' for k, v in drop.items() if v) or 'none'))
     return '\n'.join(lines)
 
-# %% ../nbs/13a_cli.ipynb #4d1aff97
+# %% ../nbs/13a_cli.ipynb #596b4447
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='minionerec', description='MiniOneRec-style generative recommendation: stages from data to report.')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
     def common(p, run=False):
-        p.add_argument('--config', default='demo', help="preset (tiny, demo, industrial, paper) or a YAML file (default: demo)")
+        p.add_argument('--config', default='demo', help="preset (tiny, demo, industrial, paper, auto) or a YAML file (default: demo)")
         p.add_argument('--run-dir', default=None, help='run directory (default: the config\'s run_dir)')
         p.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE', help='override a config value, e.g. sft.lr=1e-3')
         p.add_argument('--debug', action='store_true', help='show the traceback of an error')
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
     common(sub.add_parser('pipeline', help='run every stage of the config in order (skipping complete ones)'), run=True)
     for s in STAGE_NAMES: common(sub.add_parser(s, help=f'run the {s} stage (its upstream stages must be complete)'), run=True)
-    common(sub.add_parser('plan', help='dry run: resolved per-device batch, accumulation and steps, without loading a model')).add_argument('--world-size', type=int, default=None)
+    common(sub.add_parser('plan', help='dry run: resolved per-device batch, accumulation and steps, without loading a model (preset auto: every fitted setting with its reason, predicted minutes per stage)')).add_argument('--world-size', type=int, default=None)
     common(sub.add_parser('config', help='print the resolved config as YAML'))
     add_download_parser(sub)
     return ap

@@ -106,7 +106,7 @@ class SIDSection(Config):
     rqkmeans: RQKMeansConfig = field(default_factory=RQKMeansConfig)
     resolve: Literal['hungarian', 'sinkhorn', 'nearest'] = 'hungarian'  # collision resolution of `build_sid_index`
 
-# %% ../nbs/13_pipeline.ipynb #bcadfea2
+# %% ../nbs/13_pipeline.ipynb #04a1b134
 @dataclass
 class BaselinesSection(Config):
     "Which baselines the evaluate stage trains and scores on the same split with the same metric code."
@@ -130,6 +130,9 @@ class PipelineConfig(Config):
     select_users: int|None = 1000  # validation rows decoded at each SFT validation when `sft.monitor` is a ranking metric such as 'NDCG@10' (None = all)
     select_beams: int = 20        # beams of that decoding (at least the metric's K)
     report_to: Literal['none', 'tensorboard', 'wandb', 'trackio', 'mlflow'] = 'none'  # live tracking of SFT and RL (TensorBoard: event files in <run_dir>/<stage>/tensorboard)
+    budget_minutes: float|None = None  # preset 'auto': wall-clock minutes the whole pipeline is sized to (13b_presets: `fit_to_data`)
+    fitted: dict[str, str] = field(default_factory=dict)  # preset 'auto': each setting the budget rule chose -> 'value: reason' (written by the rule)
+    planned_minutes: dict[str, float] = field(default_factory=dict)  # preset 'auto': the rule's predicted minutes per stage (2 idle CPU cores)
     data: DataSection = field(default_factory=DataSection)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     sid: SIDSection = field(default_factory=SIDSection)
@@ -142,7 +145,7 @@ class PipelineConfig(Config):
     rewards: RewardConfig = field(default_factory=RewardConfig)
 
     def validate(self):
-        self.check_fields(seed='>=0', world_size='>=0', max_valid_examples='>=1', select_users='>=1', select_beams='>=1', seeds='>=0')
+        self.check_fields(seed='>=0', world_size='>=0', max_valid_examples='>=1', select_users='>=1', select_beams='>=1', seeds='>=0', budget_minutes='>0')
         if len(set(self.seeds)) < len(self.seeds): raise ConfigError(f'PipelineConfig.seeds lists a seed twice: {self.seeds}')
         for p in self.pinned_seeds: _check_seed_path(self, p)
         for f in dataclasses.fields(self):                 # every sub-seed follows `seed` unless pinned
@@ -430,7 +433,7 @@ STAGES = [
 STAGE_NAMES = tuple(s.name for s in STAGES)
 STAGE = {s.name: s for s in STAGES}
 
-# %% ../nbs/13_pipeline.ipynb #e4bd925f
+# %% ../nbs/13_pipeline.ipynb #0cc87fd2
 DISTRIBUTED_STAGES = ('sft', 'evaluate', 'rl')   # the stages that may run under `accelerate launch` / `torchrun`
 
 def is_main_process() -> bool: return int(os.environ.get('RANK', 0)) == 0
@@ -490,6 +493,8 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None, wait:b
         if main:
             for s in stages: check_own_folder(ctx.path(s), s)     # a user's folder named like a stage: an error before any work
             write_own_text(ctx.path('resolved_config.yaml'), cfg.to_yaml(), 'the resolved config of this run, rewritten by every run')
+            for k, v in cfg.fitted.items(): ctx.log.info(f'fitted {k} = {v}')   # preset 'auto': every setting with its reason
+            if cfg.planned_minutes: ctx.log.info(f'planned minutes per stage (preset auto): {cfg.planned_minutes}')
         return _run_stages(ctx, stages, force, main, world)
 
 def _run_stages(ctx:RunContext, stages, force, main:bool, world:int) -> dict:

@@ -26,7 +26,7 @@ from .pipeline import PipelineConfig, RunContext
 # %% auto #0
 __all__ = ['SERVE_FILE', 'NEW_ITEM_COLUMNS', 'Servable', 'run_checkpoint', 'load_servable', 'find_items', 'read_specs',
            'user_history', 'history_prompts', 'allowed_trie', 'recommend', 'extend_index', 'read_items_file',
-           'add_items']
+           'add_items', 'prompt_template', 'export_model', 'model_card']
 
 # %% ../nbs/13_serve.ipynb #8f5e0979
 SERVE_FILE = 'serve.json'   # in an export: the prompt policy, beams and provenance `load_servable` reads
@@ -259,3 +259,126 @@ def add_items(sv:Servable, new_items:pd.DataFrame, log=None) -> tuple[Servable, 
     items = pd.concat([sv.items, add[sv.items.columns.intersection(add.columns)]], ignore_index=True)
     (log or get_logger('minionerec.serve')).info(f'{len(got)} of {len(new_items)} new items got SIDs (ids {sv.n_items}..{index.n_items - 1})')
     return replace(sv, index=index, items=items), [f"{p} ({str(new_items['title'].iloc[int(p.split()[2].rstrip(':'))])!r})" for p in problems]
+
+# %% ../nbs/13_serve.ipynb #1cd69b25
+_TRAINER_FILES = ('optimizer.pt', 'scheduler.pt', 'rng_state*', '*_state.json', 'trainer_state.json')   # resume state, not the model
+
+def prompt_template(sv:Servable) -> tuple[str, str, str]:
+    "`(head, separator, tail)` of the `rec` prompt: a history's SIDs, oldest first, joined by the separator, go between head and tail."
+    view = RecData(name='serve', items=sv.items, splits={'serve': pd.DataFrame({'user_id': ['0'], 'history': [[0]], 'target': [0]})})
+    return tuple(rl_examples(view, sv.index, 'serve', ('rec',), sv.tasks, sv.tokenizer)[0]['frame'])
+
+def _report_metrics(rd:Path) -> dict:
+    "`{model: metrics}` of the run's evaluation split: the evaluate stage's models, and SFT+RL from the rl stage."
+    out = {}
+    for stage in ('evaluate', 'rl'):
+        p = rd/stage/'metrics.json'
+        if p.exists(): out.update(read_json(p))
+    return out
+
+def _serve_meta(sv:Servable, rd:Path) -> dict:
+    cfg = _run_config(rd)
+    prov = rd/'report'/'provenance.json'
+    return {'layout': LAYOUT_VERSION, 'model': sv.model_name, 'dtype': cfg.model.dtype, 'backbone': cfg.model.backbone,
+            'tasks': sv.tasks.to_dict(), 'max_length': sv.max_length, 'num_beams': sv.num_beams, 'batch_size': sv.batch_size,
+            'embed': sv.embed.to_dict() if sv.embed else None, 'resolve': sv.resolve, 'n_items': sv.n_items, 'n_levels': sv.index.n_levels,
+            'eval_split': cfg.eval.split, 'run_dir': str(rd.resolve()), 'data': read_json(rd/'prepare'/'DONE.json').get('metrics', {}),
+            'metrics': _report_metrics(rd), 'provenance': read_json(prov) if prov.exists() else None}
+
+def export_model(run_dir, dest, model:str='auto') -> Path:
+    "Write `dest`: the run's model and tokenizer, `index.json`, `items.json`, the quantizer, `serve.json` and a model card (`README.md`)."
+    rd, dest = Path(run_dir), Path(dest)
+    if dest.exists() and not (dest/SERVE_FILE).exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise RunDirError(f'{dest}: exists and is not an export of minionerec (no {SERVE_FILE}), so it is not replaced: choose another folder')
+    sv = load_servable(rd, model, device='cpu')
+    _, ckpt = run_checkpoint(rd, sv.model_name)
+    meta = _serve_meta(sv, rd)
+    with atomic_dir(dest) as tmp:
+        shutil.copytree(ckpt, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*_TRAINER_FILES))
+        sv.index.to_json(tmp/'index.json')
+        write_json(tmp/'items.json', json.loads(sv.items.to_json(orient='records')))
+        if sv.quantizer is not None: shutil.copy2(sv.quantizer, tmp/'quantizer.pt')
+        write_json(tmp/SERVE_FILE, meta)
+        write_text(tmp/'README.md', model_card(sv, meta))
+    return dest
+
+# %% ../nbs/13_serve.ipynb #495950da
+def _card_metrics(meta:dict, ks=(5, 10)) -> list[str]:
+    ms = meta['metrics']
+    if not ms: return ['No evaluation in this run (the evaluate stage did not run).']
+    cols = [f'{m}@{k}' for k in ks for m in ('HR', 'NDCG')]
+    rows = [f"| {n}{' (this model)' if n == ('MiniOneRec SFT+RL' if meta['model'] == 'rl' else 'MiniOneRec SFT') else ''} | "
+            + ' | '.join(f"{v[c]:.4f}" if isinstance(v.get(c), (int, float)) else '-' for c in cols) + f" | {v.get('rows', '-')} |" for n, v in ms.items()]
+    return [f"The run's report, {meta['eval_split']} split, {meta['num_beams']} beams, one target per row, all items ranked:", '',
+            '| model | ' + ' | '.join(cols) + ' | rows |', '|' + '---|' * (len(cols) + 2), *rows]
+
+def _card_prompt(sv:Servable, meta:dict) -> list[str]:
+    head, sep, tail = prompt_template(sv)
+    ex = history_prompts(sv, [[0, 1, 2]])[0]
+    return ['The `rec` prompt of SFT and evaluation, exactly. The history is the item SIDs of `index.json`, oldest first, '
+            f"at most {sv.tasks.max_history} (the most recent), joined by {sep!r}; a prompt over {sv.max_length - sv.index.n_levels - 1} "
+            'tokens loses its oldest items. Template (`{history}` marks where the SIDs go):', '', '```text',
+            head + '{history}' + tail + '```', '', 'Example (items 0, 1, 2):', '', '```text', ex + '```', '',
+            f'The answer is one SID ({sv.index.n_levels} tokens such as `{sv.index.sid(0)}`) followed by EOS (`{sv.tokenizer.eos_token}`). '
+            'The SID tokens are ordinary (non-special) added tokens: decode with `skip_special_tokens=True` and they stay.']
+
+# %% ../nbs/13_serve.ipynb #d5110a5f
+_LOAD = '''```python
+import json
+from transformers import AutoModelForCausalLM, AutoTokenizer
+path = '{dest}'
+tok = AutoTokenizer.from_pretrained(path)            # minionerec.model.load_tokenizer(path) gives the same ids for any backbone
+model = AutoModelForCausalLM.from_pretrained(path, dtype='auto').eval()
+item_of = {{''.join(v): int(k) for k, v in json.load(open(f'{{path}}/index.json')).items()}}
+ids = tok(prompt, return_tensors='pt')               # `prompt`: the template above; drop a trailing EOS if your tokenizer adds one
+out = model.generate(**ids, num_beams=10, num_return_sequences=10, max_new_tokens={steps}, do_sample=False)
+sids = tok.batch_decode(out[:, ids['input_ids'].shape[1]:], skip_special_tokens=True)
+items = [item_of.get(s.strip(), -1) for s in sids]   # -1: a SID of no item (plain generate has no SID constraint)
+```'''
+
+_VLLM = '''```python
+import json
+from vllm import LLM, SamplingParams
+from vllm.sampling_params import StructuredOutputsParams, BeamSearchParams
+path = '{dest}'
+sids = [''.join(v) for v in json.load(open(f'{{path}}/index.json')).values()]
+llm = LLM(model=path)
+# constrained: the answer is exactly one SID of the catalogue (greedy: the model's top item)
+one = llm.generate([prompt], SamplingParams(temperature=0, max_tokens={steps}, structured_outputs=StructuredOutputsParams(choice=sids)))
+# post-filtered top-k: unconstrained beam search with spare beams, then keep SIDs that name an item, each once
+res = llm.beam_search([{{'prompt': prompt}}], BeamSearchParams(beam_width=20, max_tokens={steps}))
+```'''
+
+def _card_usage(sv:Servable, dest) -> list[str]:
+    steps = sv.index.n_levels + 1
+    return ['## Recommend with minionerec', '', 'Constrained beam search over the catalogue, the evaluation\'s prompt and beams:', '', '```bash',
+            f'minionerec recommend {dest} --history 12 40 "an item title" --k 10 --exclude @bought.txt', f'minionerec recommend {dest} --history 12 40 --new-items new.csv',
+            '```', '', '```python', 'from minionerec.serve import load_servable, recommend',
+            f"sv = load_servable('{dest}')", 'recommend(sv, [[12, 40, 7]], k=10)[0]    # rank, item_id, title, score (log-probability), sid, new', '```', '',
+            '## Load with transformers', '', _LOAD.format(dest=dest, steps=steps), '',
+            'For the constrained search in plain transformers, `minionerec.decoding.SIDConstraintProcessor` is a `LogitsProcessor` for `generate` '
+            '(or use `minionerec.decoding.sid_beam_search`, which encodes each prompt once).', '',
+            '## Serve with vLLM', '', _VLLM.format(dest=dest, steps=steps), '',
+            'Written against the vLLM API documented for 0.12 and later (earlier versions: `guided_decoding=GuidedDecodingParams(choice=sids)`); '
+            'vLLM is not installed in this project\'s tests, so these lines are untested here. The `choice` constraint gives one item per request; '
+            'for a ranked list, post-filter a beam search as above and expect fewer than `beam_width` items after filtering.', '',
+            '**Plain serving has no SID constraint.** A server that just generates (vLLM or transformers without a constraint, '
+            'or `generation_config.json` as shipped: deterministic beams, no constraint) can emit SIDs that name no item, the same item '
+            'twice, or text; map every output through `index.json`, drop what is not there, and expect fewer than k items. '
+            'The numbers above come from the constrained search.']
+
+def model_card(sv:Servable, meta:dict, dest:str='EXPORT') -> str:
+    "The `README.md` of an export: what it is, data, the report's metrics, files, prompt format, and how to use it."
+    d, prov = meta.get('data', {}), meta.get('provenance') or {}
+    name = f"MiniOneRec {'SFT+RL' if meta['model'] == 'rl' else 'SFT'}"
+    head = [f"# {d.get('name', 'data')}: {name} generative recommender", '',
+            f"A causal LM (backbone `{meta['backbone']}`, {meta['dtype']}) fine-tuned to name the next item of a user's history by its "
+            f"semantic ID (SID, {sv.index.n_levels} tokens), exported by minionerec {prov.get('versions', {}).get('minionerec', '')} "
+            f"(commit {prov.get('commit', 'unknown')}) from the run `{meta['run_dir']}`.", '', '## Data', '',
+            f"{d.get('name', '?')}: {d.get('items', sv.n_items)} items, {d.get('users', '?')} users; samples train {d.get('train_samples', '?')} / "
+            f"valid {d.get('valid_samples', '?')} / test {d.get('test_samples', '?')} (chronological split).", '', '## Metrics', '']
+    files = ['## Files', '', '| file | what |', '|---|---|', '| `model.safetensors`, `config.json` | the model (Hugging Face format) |',
+             '| `tokenizer.json`, `tokenizer_config.json` | the tokenizer, SID tokens included |', '| `generation_config.json` | deterministic beams (no sampling); no SID constraint |',
+             '| `index.json` | item id -> SID tokens |', '| `items.json` | the catalogue: item_id, title, description, brand, categories |',
+             '| `quantizer.pt` | the trained quantizer: SIDs for items added later (`--new-items`) |', '| `serve.json` | prompt policy, beams, embedder, layout |']
+    return '\n'.join(head + _card_metrics(meta) + [''] + files + ['', '## Prompt format', ''] + _card_prompt(sv, meta) + [''] + _card_usage(sv, dest)) + '\n'

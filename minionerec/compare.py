@@ -59,6 +59,8 @@ def stage_evaluate(ctx, out:Path) -> dict:
         if sp != cfg.eval.split: write_json(out/f'metrics{split_suffix(sp, cfg.eval.split)}.json', {n: r.summary() for n, r in rs.items()})
         write_text(out/f'ranks{split_suffix(sp, cfg.eval.split)}.csv', rank_table(rs).to_csv(index=False))
     decoded_examples(res, data).to_csv(out/'decoded_examples.csv', index=False)
+    top = {'row': res.rows, 'target': res.targets, **{f'top{k+1}': res.ranked[:, k] for k in range(min(10, res.ranked.shape[1]))}}
+    write_text(out/'top10.csv', pd.DataFrame(top).to_csv(index=False))   # the SFT model's lists: what an export must reproduce (13_serve)
     return {name: _eval_summary(r) for name, r in results.items()}
 
 # %% ../nbs/13c_compare.ipynb #17cd550d

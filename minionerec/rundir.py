@@ -9,8 +9,9 @@ from pathlib import Path
 from .core import get_logger, read_json, write_text
 
 # %% auto #0
-__all__ = ['OWN_HEADER', 'STAGE_MARKERS', 'LOCK_NAME', 'RunDirError', 'is_own_folder', 'check_own_folder', 'write_own_text',
-           'stage_of', 'ArtifactError', 'clean_leftovers', 'RunLockedError', 'run_lock']
+__all__ = ['OWN_HEADER', 'STAGE_MARKERS', 'LAYOUT_VERSION', 'STAGE_LAYOUT', 'LOCK_NAME', 'RunDirError', 'is_own_folder',
+           'check_own_folder', 'write_own_text', 'stage_of', 'ArtifactError', 'stage_layout', 'layout_problem',
+           'check_layout', 'clean_leftovers', 'RunLockedError', 'run_lock']
 
 # %% ../nbs/00a_rundir.ipynb #25640ef1
 OWN_HEADER = '# written by minionerec'
@@ -66,6 +67,34 @@ class ArtifactError(ValueError):
         hint = (f'rerun the {stage} stage that wrote it: minionerec {stage} --force (with the same --config and --set)' if stage
                 else 'write it again')
         super().__init__(f'{self.path}: {problem}; {hint}')
+
+# %% ../nbs/00a_rundir.ipynb #230b6dd9
+LAYOUT_VERSION = 1                          # the run-folder layout this version writes (`layout` in STARTED.json / DONE.json)
+STAGE_LAYOUT = {'sid': 1, 'evaluate': 1}    # the oldest layout of a stage folder this version reads (absent: 0, any)
+_LAYOUT_WHY = {'sid': 'it saves the trained quantizer (quantizer.pt)', 'evaluate': 'it writes the top-10 lists (top10.csv)'}
+
+def stage_layout(run_dir, stage:str) -> int|None:
+    "The layout a stage folder of `run_dir` was written with (0 for a record without one), None when the stage is not done."
+    p = Path(run_dir)/stage/'DONE.json'
+    if not p.exists(): return None
+    try: d = read_json(p)
+    except (OSError, ValueError): return None
+    v = d.get('layout', 0) if isinstance(d, dict) else 0
+    return v if isinstance(v, int) else 0
+
+def layout_problem(run_dir, stages) -> str|None:
+    "One line naming the first of `stages` whose folder in `run_dir` is of an older layout than this version reads, and how to rerun it; None when all are current."
+    for s in stages:
+        v, need = stage_layout(run_dir, s), STAGE_LAYOUT.get(s, 0)
+        if v is not None and v < need:
+            return (f'{Path(run_dir)/s} was written by an older minionerec (run-folder layout {v}; this version needs layout {need} there: '
+                    f'{_LAYOUT_WHY.get(s, "its files changed")}): rerun the {s} stage: minionerec {s} --force (with the same --config and --set)')
+    return None
+
+def check_layout(run_dir, stages) -> None:
+    "Raise a `RunDirError` with `layout_problem`'s line when one of `stages` in `run_dir` has an older layout."
+    msg = layout_problem(run_dir, stages)
+    if msg: raise RunDirError(msg)
 
 # %% ../nbs/00a_rundir.ipynb #1ed60a60
 def clean_leftovers(folder, log=None) -> list[Path]:

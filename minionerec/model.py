@@ -511,7 +511,7 @@ def checkpoint_meta(path) -> dict:
     p = Path(path)/CHECKPOINT_META
     return read_json(p) if p.exists() else {}
 
-# %% ../nbs/06_model.ipynb #61d68361
+# %% ../nbs/06_model.ipynb #597dbc12
 def load_weights(model, path) -> None:
     "Load the weights of a checkpoint folder written by `train_sft` into `model` in place (full, frozen or LoRA models)."
     from safetensors.torch import load_file
@@ -527,10 +527,12 @@ def load_weights(model, path) -> None:
     sd = {}
     for f_ in files:
         with _reading(f_): sd.update(load_file(f_))
-    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     with torch.no_grad():
         missing, unexpected = model.load_state_dict(sd, strict=False)
-    tied = {k for k in missing if out is not None and out.weight is inp.weight and k.endswith('lm_head.weight')}
+    params, names = dict(model.named_parameters(remove_duplicate=False)), defaultdict(set)
+    for k, p in params.items(): names[id(p)].add(k)
+    # a tied parameter is saved once (Qwen2's lm_head.weight; BERT's decoder weight and bias): loaded through its twin
+    tied = {k for k in missing if k in params and (names[id(params[k])] - {k}) & set(sd)}
     bad = [k for k in missing if k not in tied]
     if bad or unexpected: raise RuntimeError(f'{path}: weights do not match the model (missing {bad[:5]}, unexpected {unexpected[:5]})')
 

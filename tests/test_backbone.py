@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_runs import synthetic_world, grpo_run
 from minionerec.model import (ModelConfig, load_backbone, add_sid_tokens, apply_training_mode, add_dropout, save_checkpoint,
-                              load_checkpoint, prompt_ids, left_pad, pad_id, lora_targets)
+                              load_checkpoint, load_weights, prompt_ids, left_pad, pad_id, lora_targets)
 torch.set_num_threads(1)
 
 PRIOR = ModelConfig(backbone='minilm', prior_layers=1, lora_r=4, lora_alpha=8)
@@ -89,6 +89,9 @@ def test_sft_trains_and_checkpoint_reloads(world, mode, tmp_path):
     torch.testing.assert_close(_logits(plain, tok2, prompts), _logits(model, tok, prompts), rtol=1e-4, atol=1e-4)
     again, _ = load_checkpoint(ck)
     torch.testing.assert_close(_logits(again, tok2, prompts), _logits(model, tok, prompts), rtol=1e-4, atol=1e-4)
+    fresh, _, _ = _prior(world, mode=mode)                             # untrained; loaded in place as keep-best restores (tied head weight, bias)
+    load_weights(fresh, ck)
+    torch.testing.assert_close(_logits(fresh, tok, prompts), _logits(model, tok, prompts), rtol=1e-4, atol=1e-4)
 
 
 def test_beam_search_cache_matches_teacher_forcing(world):
@@ -133,3 +136,35 @@ def test_grpo_runs_and_saves_a_bert_decoder(world, tmp_path):
     assert type(plain).__name__ == 'BertLMHeadModel'
     prompts = ['Items: ' + index.sid(1) + index.sid(2) + '\n### Response:\n']
     torch.testing.assert_close(_logits(plain, tok, prompts), _logits(res.model, tok, prompts), rtol=1e-4, atol=1e-4)
+
+
+def _ablation():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('ablation', Path(__file__).resolve().parents[1]/'bench'/'ablation.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ablation_cells_budget_and_intervals(world):
+    "bench/ablation.py's pieces (the end-to-end run on the tiny preset is in chapter 7b's instructions; it takes minutes)."
+    from minionerec.presets import preset
+    ab = _ablation()
+    with pytest.raises(SystemExit): ab.parse_args(['run', '--sft_steps', '2', '--sft_budget_s', '5'])   # one budget only
+    with pytest.raises(SystemExit): ab.parse_args(['run', '--sft_steps', '2', '--cells', 'prior/rec/rl'])
+    a = ab.parse_args(['run', '--sft_steps', '2', '--prior_layers', '2', '--align', 'title2sid+sid2title'])
+    assert len(a.cells) == 8 and a.cells[0] == ab.REF
+    base = preset('tiny')
+    c = ab.cell_config(base, a, 'prior', 'align')
+    assert (c.model.backbone, c.model.prior_layers, c.tasks.align_holdout) == ('minilm', 2, 0.05)
+    assert c.tasks.title2sid == c.tasks.sid2title == 1.0 and c.tasks.preference == c.tasks.sid_hist2title == 0.0
+    r = ab.cell_config(base, a, 'scratch', 'rec')
+    assert r.model == base.model and r.tasks.align_holdout == 0 and all(w == 0 for t, w in r.tasks.weights().items() if t != 'rec')
+    data, _ = world
+    s1, s2 = ab.subset_rows(data, 100, 0), ab.subset_rows(data, 100, 0)
+    assert len(s1.splits['train']) == 100 and s1.splits['train'].equals(s2.splits['train']) and s1.splits['valid'] is data.splits['valid']
+    assert ab.row_ndcg(np.array([0, 1, 3, 11])).tolist() == [0.0, 1.0, 0.5, 0.0]
+    rng = np.random.default_rng(0)
+    x, users = rng.integers(0, 15, 400), rng.integers(0, 50, 400)
+    assert ab.gain_difference(x, x, x, x, users) == {'NDCG@10_delta': 0.0, 'NDCG@10_lo': 0.0, 'NDCG@10_hi': 0.0}
+    g = ab.gain_difference(x, np.where(x > 0, 1, 0), x, x, users)                     # RL helps only the prior
+    assert 0 < g['NDCG@10_lo'] <= g['NDCG@10_delta'] <= g['NDCG@10_hi']

@@ -168,3 +168,27 @@ def test_ablation_cells_budget_and_intervals(world):
     assert ab.gain_difference(x, x, x, x, users) == {'NDCG@10_delta': 0.0, 'NDCG@10_lo': 0.0, 'NDCG@10_hi': 0.0}
     g = ab.gain_difference(x, np.where(x > 0, 1, 0), x, x, users)                     # RL helps only the prior
     assert 0 < g['NDCG@10_lo'] <= g['NDCG@10_delta'] <= g['NDCG@10_hi']
+
+
+def test_sft_stage_with_the_prior_logs_the_probe(tmp_path):
+    "The pipeline's sft stage on the tiny preset with the MiniLM backbone and held-out items: the probe is in scores.csv and the summary."
+    import pandas as pd
+    from minionerec.presets import load_config
+    from minionerec.pipeline import run_pipeline
+    from minionerec.core import read_json
+    cfg = load_config('tiny', [f'run_dir={tmp_path/"run"}', 'model.backbone=minilm', 'model.prior_layers=1', 'tasks.align_holdout=0.1',
+                               'sft.max_steps=2', 'sft.eval_every=1'])
+    run_pipeline(cfg, stages=['prepare', 'embed', 'sid', 'sft'])
+    done = read_json(tmp_path/'run'/'sft'/'DONE.json')['metrics']
+    probe = done['align_probe']
+    assert set(probe) == {'title2sid_level1', 'title2sid_level2', 'title2sid_exact', 'sid2title_token_acc'}
+    assert all(0 <= v <= 1 for v in probe.values())
+    sc = pd.read_csv(tmp_path/'run'/'sft'/'scores.csv')
+    assert set(sc['name']) >= set(probe) and sorted(sc['step'].unique()) == [0, 1, 2]
+    assert checkpoint_is_bert(tmp_path/'run'/'sft'/done['checkpoint'])
+
+
+def checkpoint_is_bert(path) -> bool:
+    from minionerec.core import read_json
+    c = read_json(Path(path)/'config.json')
+    return c['model_type'] == 'bert' and c['is_decoder'] and c['num_hidden_layers'] == 1

@@ -8,6 +8,8 @@ A run directory whose `prepare`, `embed` and `sid` stages are done (`minionerec 
   prior/rec/sft       `ModelConfig(backbone='minilm', prior_layers=--prior_layers)`: the MiniLM decoder (chapter 7b)
   prior/align/sft
   <each>/sft+rl       the rl stage's GRPO (the config's `rl` and `rewards`) from that SFT cell's checkpoint
+  catalogue/...       with `--pretrain_steps N`: the scratch Qwen2 first pretrained N steps on the catalogue's text
+                      (`ModelConfig.pretrain_steps`; its seconds are reported as `backbone_s`, outside the SFT budget)
 
 Compute: every SFT cell trains for the same wall-clock budget `--sft_budget_s` (turned into a step count per cell by
 timing `--calib_steps` training steps first, so the LR schedule spans the budget; validation passes are not counted)
@@ -27,7 +29,7 @@ import argparse, copy, dataclasses, json, math, os, shutil, time
 from pathlib import Path
 import numpy as np, torch
 
-BACKBONES, TASK_SETS, STAGES = ('scratch', 'prior'), ('rec', 'align'), ('sft', 'sft+rl')
+BACKBONES, TASK_SETS, STAGES = ('scratch', 'prior', 'catalogue'), ('rec', 'align'), ('sft', 'sft+rl')
 ALL_CELLS = [f'{b}/{t}/{s}' for b in BACKBONES for t in TASK_SETS for s in STAGES]
 REF = 'scratch/rec/sft'
 
@@ -46,6 +48,7 @@ def parse_args(argv=None):
     ap.add_argument('--train_rows', type=int, default=0, help='train every cell on the same seeded subset of this many training rows (0 = all)')
     ap.add_argument('--prior_layers', type=int, default=1, help='MiniLM layers kept by the language-prior cells (1..6)')
     ap.add_argument('--prior_vocab', default='catalogue', choices=('catalogue', 'full'))
+    ap.add_argument('--pretrain_steps', type=int, default=0, help="adds the 'catalogue' cells: the scratch model pretrained this many steps on the catalogue text")
     ap.add_argument('--align', default='title2sid+sid2title', help="alignment tasks of the 'align' cells, joined by '+' (chapter 5's names)")
     ap.add_argument('--align_holdout', type=float, default=0.05, help='share of items kept out of the alignment examples and probed')
     ap.add_argument('--beams', type=int, default=20, help='beams of the final rankings')
@@ -54,10 +57,12 @@ def parse_args(argv=None):
     ap.add_argument('--out', default=None, help='JSON lines file (default nbs/results/ablation/<dataset>.jsonl)')
     ap.add_argument('--work', default=None, help='checkpoints and ranks of the cells (default <run>/ablation)')
     a = ap.parse_args(argv)
-    cells = ALL_CELLS if a.cells == 'all' else [c.strip() for c in a.cells.split(',') if c.strip()]
+    default = [c for c in ALL_CELLS if a.pretrain_steps or not c.startswith('catalogue/')]
+    cells = default if a.cells == 'all' else [c.strip() for c in a.cells.split(',') if c.strip()]
     bad = [c for c in cells if c not in ALL_CELLS]
     if bad: ap.error(f'unknown cell {bad[0]!r}; cells are {", ".join(ALL_CELLS)}')
     if bool(a.sft_budget_s) == bool(a.sft_steps): ap.error('give exactly one SFT budget: --sft_budget_s or --sft_steps')
+    if any(c.startswith('catalogue/') for c in cells) and not a.pretrain_steps: ap.error('catalogue cells need --pretrain_steps > 0')
     if not 1 <= a.prior_layers <= 6: ap.error(f'--prior_layers must be 1..6 (the MiniLM has 6 layers), got {a.prior_layers}')
     a.cells = cells
     return a
@@ -67,7 +72,8 @@ def cell_config(cfg, a, backbone:str, tasks:str):
     "The pipeline config of one SFT cell: the run's, with the cell's backbone and task mixture."
     from minionerec.presets import REC_ONLY
     from minionerec.tasks import TASKS
-    m = cfg.model if backbone == 'scratch' else cfg.model.replace(backbone='minilm', prior_layers=a.prior_layers, prior_vocab=a.prior_vocab)
+    m = {'scratch': cfg.model, 'catalogue': cfg.model.replace(pretrain_steps=a.pretrain_steps),
+         'prior': cfg.model.replace(backbone='minilm', prior_layers=a.prior_layers, prior_vocab=a.prior_vocab)}[backbone]
     if tasks == 'rec': t = cfg.tasks.replace(**REC_ONLY, desc2sid=0.0, align_holdout=0.0)
     else:
         names = [x for x in a.align.split('+') if x]
@@ -122,7 +128,9 @@ def sft_cell(ctx, a, name:str, work:Path, log) -> dict:
         log(f'{name}: reusing the SFT cell in {work/name}'); return read_json(rec_file)
     shutil.rmtree(work/name, ignore_errors=True)
     set_seed(cfg.seed)
-    model, tok = load_backbone(cfg.model, texts=catalogue_texts(data))
+    tb = time.perf_counter()
+    model, tok = load_backbone(cfg.model, texts=catalogue_texts(data))     # (+ the catalogue cells' pretraining)
+    backbone_s = time.perf_counter() - tb
     vectors = ctx.embeddings() if cfg.model.sid_init == 'embedding' else None
     new = add_sid_tokens(tok, model, index, init=cfg.model.sid_init, seed=cfg.model.seed, texts=data.items['title'].tolist(), item_vectors=vectors)
     model = apply_training_mode(model, cfg.model, new)
@@ -142,7 +150,7 @@ def sft_cell(ctx, a, name:str, work:Path, log) -> dict:
     t0 = time.perf_counter()
     res = train_sft(scfg, model, tok, train, valid, out_dir=work/name/'sft', score_fn=combine_scores(ranking_score_fn(ctx, tok), probe), index=index)
     rec = {'checkpoint': str(res.best_checkpoint or res.last_checkpoint), 'sft_steps': res.steps, 'best_step': res.best_step,
-           'sft_wall_s': round(time.perf_counter() - t0, 1), 'sft_step_s': None if per_step is None else round(per_step, 4),
+           'sft_wall_s': round(time.perf_counter() - t0, 1), 'backbone_s': round(backbone_s, 1), 'sft_step_s': None if per_step is None else round(per_step, 4),
            'train_examples': len(train), 'n_params': sum(p.numel() for p in model.parameters()),
            'probe': probe_summary(res.scores, res.best_step), 'settings': settings}
     write_json(rec_file, rec)
@@ -228,6 +236,7 @@ def main(argv=None):
     budget = {'sft_budget_s': a.sft_budget_s or None, 'sft_steps': a.sft_steps or None, 'rl_budget_s': a.rl_budget_s or None,
               'rl_steps': a.rl_steps or None, 'train_rows': len(data.splits['train']), 'global_batch': base.sft.global_batch_size}
     common = {'dataset': data.name, 'config': str(a.config), 'set': a.set, 'prior_layers': a.prior_layers, 'prior_vocab': a.prior_vocab,
+              'pretrain_steps': a.pretrain_steps or None,
               'align': a.align, 'align_holdout': a.align_holdout, 'prompt_style': base.tasks.prompt_style, 'beams': a.beams,
               'budget': budget, 'commit': provenance().get('commit')}
     order = sorted(set(a.cells) | {REF}, key=ALL_CELLS.index)      # the reference first: every interval is against it
@@ -250,7 +259,7 @@ def main(argv=None):
             np.save(work/f'{key}-{stage.replace("+", "")}_ranks_{split}.npy', ranks)
             if cell == REF: ref_ranks[split] = ranks
             line = {**common, 'cell': cell, 'backbone': backbone, 'tasks': tasks, 'stage': stage, 'split': split, 'ref': REF,
-                    **metrics(ranks, ref_ranks.get(split), users), **rec, 'wall_s': round(rec['sft_wall_s'] + rec['rl_wall_s'], 1)}
+                    **metrics(ranks, ref_ranks.get(split), users), **rec, 'wall_s': round(rec['sft_wall_s'] + rec['rl_wall_s'] + rec.get('backbone_s', 0), 1)}
             print(json.dumps(line), flush=True)
             if cell in a.cells: append_line(out, line)
         del model
@@ -263,16 +272,17 @@ def append_line(out:Path, line:dict):
 
 
 def rl_gain_lines(a, work:Path, splits, common:dict, data, out:Path):
-    "For each task set whose four SFT / SFT+RL cells were run now: RL's gain on the prior minus its gain on scratch (the paper's claim)."
-    for tasks in TASK_SETS:
-        need = [f'{b}/{tasks}/{s}' for b in BACKBONES for s in STAGES]
-        if not all(c in a.cells for c in need): continue
-        for split in splits:
-            r = {f'{b}-{s}': np.load(work/f'{b}-{tasks}-{s.replace("+", "")}_ranks_{split}.npy') for b in BACKBONES for s in STAGES}
-            g = gain_difference(r['prior-sft'], r['prior-sft+rl'], r['scratch-sft'], r['scratch-sft+rl'], data.splits[split]['user_id'].to_numpy())
-            line = {**common, 'cell': f'rl gain, prior - scratch ({tasks})', 'backbone': None, 'tasks': tasks, 'stage': 'rl gain difference',
-                    'split': split, **g}
-            print(json.dumps(line), flush=True); append_line(out, line)
+    "For each backbone and task set whose SFT / SFT+RL cells and scratch's were run now: RL's gain on it minus its gain on scratch (the paper's claim)."
+    for other in ('prior', 'catalogue'):
+        for tasks in TASK_SETS:
+            pair = ('scratch', other)
+            if not all(f'{b}/{tasks}/{s}' in a.cells for b in pair for s in STAGES): continue
+            for split in splits:
+                r = {f'{b}-{s}': np.load(work/f'{b}-{tasks}-{s.replace("+", "")}_ranks_{split}.npy') for b in pair for s in STAGES}
+                g = gain_difference(r[f'{other}-sft'], r[f'{other}-sft+rl'], r['scratch-sft'], r['scratch-sft+rl'], data.splits[split]['user_id'].to_numpy())
+                line = {**common, 'cell': f'rl gain, {other} - scratch ({tasks})', 'backbone': None, 'tasks': tasks,
+                        'stage': 'rl gain difference', 'split': split, **g}
+                print(json.dumps(line), flush=True); append_line(out, line)
 
 
 if __name__ == '__main__': main()

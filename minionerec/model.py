@@ -18,10 +18,10 @@ from .rundir import ArtifactError
 # %% auto #0
 __all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'VOCAB_MULTIPLE', 'MINILM_BACKBONE', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'eos_id',
            'pad_id', 'prompt_ids', 'left_pad', 'load_tokenizer', 'ModelConfig', 'build_tiny_model', 'load_backbone',
-           'minilm_path', 'catalogue_vocab', 'cut_vocabulary', 'load_minilm', 'add_sid_tokens', 'lora_targets',
-           'apply_training_mode', 'param_groups', 'prepare_model', 'count_parameters', 'non_embedding_parameters',
-           'model_flops_per_token', 'serving_generation_config', 'save_checkpoint', 'load_checkpoint',
-           'checkpoint_meta', 'load_weights', 'add_dropout']
+           'pretrain_on_text', 'minilm_path', 'catalogue_vocab', 'cut_vocabulary', 'load_minilm', 'add_sid_tokens',
+           'lora_targets', 'apply_training_mode', 'param_groups', 'prepare_model', 'count_parameters',
+           'non_embedding_parameters', 'model_flops_per_token', 'serving_generation_config', 'save_checkpoint',
+           'load_checkpoint', 'checkpoint_meta', 'load_weights', 'add_dropout']
 
 # %% ../nbs/06_model.ipynb #71dabf22
 EOS_TOKEN, PAD_TOKEN = '<|endoftext|>', '<|pad|>'
@@ -76,7 +76,7 @@ def load_tokenizer(path):
         return PreTrainedTokenizerFast.from_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
 
-# %% ../nbs/06_model.ipynb #907dae3e
+# %% ../nbs/06_model.ipynb #ed5f91ea
 @dataclass
 class ModelConfig(Config):
     "Backbone, vocabulary extension and training mode of the LM."
@@ -89,6 +89,8 @@ class ModelConfig(Config):
     max_positions: int = 1024          # tiny: longest sequence (RoPE, so no parameters depend on it)
     tie_embeddings: bool = True        # tiny: share input embedding and output head (as Qwen2.5 0.5B-3B)
     vocab_size: int = 4000             # tiny: BPE vocabulary size before SID tokens are added
+    pretrain_steps: int = 0            # tiny: AdamW steps of causal-LM pretraining on the catalogue text (what its tokenizer learns from) before the SID tokens
+    pretrain_lr: float = 1e-3          # tiny: peak learning rate of that pretraining (warmup, cosine decay)
     prior_layers: int = 0              # minilm: keep only its first k transformer layers (0 = all 6)
     prior_vocab: Literal['catalogue', 'full'] = 'catalogue'  # minilm: keep the word pieces of the catalogue text and prompts (+ ASCII characters), or all 30,522
     mode: Literal['full', 'lora', 'frozen'] = 'full'  # what trains: everything / LoRA adapters + new rows / only new SID rows
@@ -106,7 +108,7 @@ class ModelConfig(Config):
     @property
     def torch_dtype(self): return getattr(torch, self.dtype)
 
-# %% ../nbs/06_model.ipynb #9f35a4f1
+# %% ../nbs/06_model.ipynb #db3dd408
 @patch
 def validate(self:ModelConfig):
     if self.backbone == 'tiny':
@@ -114,8 +116,9 @@ def validate(self:ModelConfig):
         if self.num_heads % self.num_kv_heads: raise ConfigError(f'ModelConfig.num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})')
         if (self.hidden_size // self.num_heads) % 2: raise ConfigError(f'ModelConfig: head dim {self.hidden_size // self.num_heads} must be even (RoPE)')
         if self.vocab_size < 260: raise ConfigError(f'ModelConfig.vocab_size must be >= 260 (256 bytes + special tokens), got {self.vocab_size}')
+    elif self.pretrain_steps: raise ConfigError(f"ModelConfig.pretrain_steps: only the 'tiny' backbone is pretrained here, not {self.backbone!r}")
     self.check_fields(hidden_size='>=1', num_layers='>=1', num_heads='>=1', num_kv_heads='>=1', intermediate_size='>=1', max_positions='>=1',
-                      vocab_size='>=1', prior_layers='>=0', lora_r='>=1', lora_alpha='>0', lora_dropout='[0,1)', dropout='[0,1)', seed='>=0')
+                      vocab_size='>=1', pretrain_steps='>=0', pretrain_lr='>0', prior_layers='>=0', lora_r='>=1', lora_alpha='>0', lora_dropout='[0,1)', dropout='[0,1)', seed='>=0')
 
 @patch(cls_method=True)
 def tiny(cls:ModelConfig):
@@ -143,7 +146,7 @@ def build_tiny_model(cfg:ModelConfig, tokenizer):
     model.generation_config.bos_token_id = None
     return model.to(cfg.torch_dtype)
 
-# %% ../nbs/06_model.ipynb #9e1e0d0a
+# %% ../nbs/06_model.ipynb #47d16c05
 VOCAB_MULTIPLE = 64   # embedding rows are padded to a multiple of this after the SID tokens are added
 MINILM_BACKBONE = 'minilm'   # `ModelConfig.backbone` of the packaged MiniLM loaded as a causal decoder (see `load_minilm`)
 
@@ -159,7 +162,7 @@ def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
     from transformers import AutoModelForCausalLM
     if cfg.backbone == 'tiny':
         if texts is None: raise ValueError("backbone 'tiny' trains its tokenizer on `texts`: pass the catalogue text (e.g. titles and descriptions)")
-        texts = list(texts)
+        texts = list(texts); corpus = list(texts)
         try:
             from minionerec.tasks import scaffold_texts
             # The prompt wording appears in every example but only once in the corpus: weighted `scaffold_weight` times,
@@ -167,7 +170,9 @@ def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
             texts += scaffold_texts() * scaffold_weight
         except ImportError: pass
         tokenizer = train_bpe_tokenizer(texts, vocab_size=cfg.vocab_size)
-        return build_tiny_model(cfg, tokenizer), tokenizer
+        model = build_tiny_model(cfg, tokenizer)
+        if cfg.pretrain_steps: pretrain_on_text(model, tokenizer, corpus, cfg.pretrain_steps, cfg.pretrain_lr, seed=cfg.seed)
+        return model, tokenizer
     if cfg.backbone == MINILM_BACKBONE: return load_minilm(cfg, texts)
     tokenizer = load_tokenizer(cfg.backbone)
     model = AutoModelForCausalLM.from_pretrained(cfg.backbone, dtype=cfg.torch_dtype, attn_implementation=cfg.attn_implementation)
@@ -176,6 +181,27 @@ def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
         _grow_embeddings(model, len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+# %% ../nbs/06_model.ipynb #cdc41147
+def pretrain_on_text(model, tokenizer, texts, steps:int, lr:float=1e-3, batch_size:int=32, max_length:int=64, seed:int=0) -> list[float]:
+    "Causal-LM pretraining of `model` on `texts` (each cut to `max_length` tokens, EOS after it) for `steps` AdamW steps; returns the losses."
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts: raise ValueError('pretrain_on_text needs at least one non-empty text')
+    ids = [x[:max_length - 1] + [eos_id(tokenizer)] for x in tokenizer(texts, add_special_tokens=False)['input_ids']]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    rng, losses, was, warm = np.random.default_rng(seed), [], model.training, max(1, steps // 10)
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for s in range(steps):
+            x, att = left_pad([ids[i][::-1] for i in rng.integers(0, len(ids), batch_size)], pad_id(tokenizer))
+            x, att = x.flip(1), att.flip(1)                                     # right-padded rows (positions from 0)
+            for g in opt.param_groups: g['lr'] = lr * min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * s / steps))
+            loss = model(input_ids=x, attention_mask=att, labels=x.masked_fill(att == 0, -100)).loss
+            loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad()
+            losses.append(float(loss))
+    model.train(was)
+    return losses
 
 # %% ../nbs/06_model.ipynb #7e544a05
 def minilm_path() -> str:

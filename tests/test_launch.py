@@ -85,7 +85,7 @@ def test_ddp_launch_line_runs_outside_the_checkout(ddp_run):
     check_run(r, run_dir, 'ddp')
     tokens = {json.loads((run_dir/s/'DONE.json').read_text()).get('launch') for s in ('prepare', 'embed', 'sid', 'sft', 'report')}
     assert len(tokens) == 1 and None not in tokens                                       # every stage of this one launch
-    assert r.stderr.count('runs in the main process; waiting for it') == 3               # rank 1 waited for prepare, embed, sid
+    assert 'prepare: runs in the main process; waiting for it' in r.stderr               # rank 1 waited (later stages: if not done yet)
 
 def test_zero2_launch_line_runs_outside_the_checkout(ddp_run, outside):
     """The ZeRO-2 line: the YAML names `configs/deepspeed_zero2.json`, which is not in this folder; the packaged one is read.

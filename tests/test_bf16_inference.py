@@ -59,10 +59,12 @@ def test_grpo_rollouts_and_validation_run_in_the_training_precision(world, tmp_p
 def test_sft_ranking_score_runs_in_the_training_precision(tmp_path, bf16, dtype, monkeypatch):
     "The `score_fn` of SFT validation (the pipeline's decodes validation users) is called in the training precision."
     import minionerec.sft as sft
-    seen, train = [], sft.train_sft
+    seen, train, hooked = [], sft.train_sft, set()
     def score_fn(model):
-        with torch.no_grad(): seen.append(model(input_ids=torch.tensor([[1, 2, 3]], device=model.device)).logits.dtype)
+        if id(model) not in hooked: hooked.add(id(model)); seen.append(logits_dtypes(model))
+        with torch.no_grad(): model(input_ids=torch.tensor([[1, 2, 3]], device=model.device))   # the head's output is recorded
         return {'NDCG@10': 0.5}
     monkeypatch.setattr(sft, 'train_sft', lambda *a, **k: train(*a, **{**k, 'score_fn': score_fn}))   # sft_run imports it when called
     dist_runs.sft_run(tmp_path/'sft', bf16=bf16, monitor='NDCG@10', max_steps=2)
-    assert seen and set(seen) == {dtype}
+    calls = [d for rec in seen for _, d in rec]
+    assert calls and set(calls) == {dtype}, calls

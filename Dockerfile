@@ -5,9 +5,11 @@
 #   docker build -t minionerec:gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126 \
 #       --build-arg CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-devel-ubuntu24.04 .     # another CUDA: keep the two in step
 #   docker run --gpus all --ipc=host --rm -v "$PWD/runs:/work/runs" -v /path/holding/Amazon:/data \
-#       -e MINIONEREC_DATA=/data minionerec:gpu \
-#       accelerate launch --config_file /opt/minionerec/configs/accelerate_zero2_8gpu.yaml -m minionerec pipeline \
-#       --config configs/industrial.yaml
+#       -e MINIONEREC_DATA=/data minionerec:gpu bash -c \
+#       'accelerate launch --config_file "$(minionerec launch-config accelerate_zero2_8gpu)" -m minionerec pipeline --config configs/industrial.yaml'
+# One command, data to report: prepare/embed/sid/report run in the main process, sft/evaluate/rl on every GPU. The
+# configs are the packaged ones (`minionerec launch-config` prints the path), so it runs from WORKDIR /work. It is
+# tested on 2 CPU processes outside the checkout (tests/test_launch.py), not yet on a GPU.
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
 FROM ${CUDA_IMAGE}
 

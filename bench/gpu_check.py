@@ -4,10 +4,12 @@ A randomly initialised model of Qwen2.5-0.5B's shape (24 layers, width 896, 14 h
 embeddings, the vocabulary padded to Qwen's 151,936 rows: no hub access is needed) with the SID tokens of a
 synthetic catalogue (3 x 256 codes) is taken through
 
-  sft   a few SFT steps, bf16 with fp32 master weights (ZeRO-2 when the shell script finds deepspeed)
-  grpo  a few GRPO steps (G=16 constrained-beam groups) from the SFT checkpoint
-  eval  256 users at 50 beams from the GRPO checkpoint: our `sid_beam_search` (through `evaluate.rank_prompts`) vs
-        `generate` + the reference's per-beam dict processor (bench/decoding.py), same items checked
+  sft     a few SFT steps, bf16 with fp32 master weights (ZeRO-2 when the shell script finds deepspeed)
+  resume  the SFT run resumed from its `last` checkpoint for one more step (as after a pre-emption), same engine
+  grpo    a few GRPO steps (G=16 constrained-beam groups) from the SFT checkpoint; reports the logits dtype of the
+          rollouts (bf16 autocast as training, issue 23) and whether TF32 is on
+  eval    256 users at 50 beams from the GRPO checkpoint (bf16 autocast): our `sid_beam_search` (through `evaluate.rank_prompts`) vs
+          `generate` + the reference's per-beam dict processor (bench/decoding.py), same items checked
 
 and prints tokens/s, seconds per step, peak GPU memory and ms/user. `--tiny` runs the same code on CPU with a tiny
 model in seconds (tests/test_gpu_check.py). Every phase writes `<out>/<phase>.json`; the last line is the summary.
@@ -54,19 +56,27 @@ def world(z:dict, seed:int=0):
 def peak_gb() -> float|None:
     return round(torch.cuda.max_memory_allocated() / 2 ** 30, 2) if torch.cuda.is_available() else None
 
-def phase_sft(z, tiny, out:Path) -> dict:
+def sft_config(z, tiny):
+    from minionerec.sft import SFTConfig
+    return SFTConfig(lr=1e-4, warmup_ratio=0.0, epochs=1, max_steps=z['sft_steps'], global_batch_size=z['global_batch'],
+                     micro_batch_size=z['micro_batch'], max_length=z['max_length'], bf16=not tiny, deterministic=tiny, patience=0)
+
+def sft_world(z):
+    "The SFT phase's model, tokenizer, index and examples (the same for the run and its resume)."
     from minionerec.model import ModelConfig, load_backbone, add_sid_tokens
     from minionerec.tasks import TaskMixConfig, build_mixture
-    from minionerec.sft import SFTConfig, train_sft
     data, index = world(z)
     mcfg = ModelConfig(**z['model'], attn_implementation='sdpa')
     model, tok = load_backbone(mcfg, [x for x in data.items.title.tolist() + data.items.description.tolist() if x])
     add_sid_tokens(tok, model, index)
     if z['vocab_rows']: model.resize_token_embeddings(z['vocab_rows'], mean_resizing=False)   # Qwen's head cost
-    mix = TaskMixConfig(max_per_task=z['global_batch'] * z['sft_steps'])
-    train, valid = build_mixture(data, index, 'train', mix, seed=0, tokenizer=tok), build_mixture(data, index, 'valid', mix, seed=0, tokenizer=tok)[:32]
-    cfg = SFTConfig(lr=1e-4, warmup_ratio=0.0, epochs=1, max_steps=z['sft_steps'], global_batch_size=z['global_batch'],
-                    micro_batch_size=z['micro_batch'], max_length=z['max_length'], bf16=not tiny, deterministic=tiny, patience=0, resume=False)
+    mix = TaskMixConfig(max_per_task=z['global_batch'] * (z['sft_steps'] + 1))
+    return model, tok, index, build_mixture(data, index, 'train', mix, seed=0, tokenizer=tok), build_mixture(data, index, 'valid', mix, seed=0, tokenizer=tok)[:32]
+
+def phase_sft(z, tiny, out:Path) -> dict:
+    from minionerec.sft import train_sft
+    model, tok, index, train, valid = sft_world(z)
+    cfg = sft_config(z, tiny).replace(resume=False)
     marks = []
     res = train_sft(cfg, model, tok, train, valid, out_dir=out/'sft', index=index,
                     on_step=lambda st: marks.append((time.perf_counter(), st['train_tokens'])))
@@ -77,6 +87,23 @@ def phase_sft(z, tiny, out:Path) -> dict:
             'train_loss': round(float(res.history.query("split == 'train' and task == 'all'").loss.iloc[-1]), 4),
             'peak_gpu_gb': peak_gb(), 'checkpoint': str(res.last_checkpoint)}
 
+def phase_resume(z, tiny, out:Path) -> dict:
+    """The SFT run of `phase_sft` resumed from `<out>/sft/last` for one more step, as after a pre-emption (same engine:
+    DeepSpeed when the shell script found it). A refusal or failure is reported, not raised."""
+    from minionerec.sft import train_sft
+    model, tok, index, train, valid = sft_world(z)
+    cfg = sft_config(z, tiny).replace(max_steps=z['sft_steps'] + 1, resume=True)
+    try: res = train_sft(cfg, model, tok, train, valid, out_dir=out/'sft', index=index)
+    except Exception as e: return {'resumed': False, 'error': f'{type(e).__name__}: {e}'[:300]}
+    return {'resumed': res.steps == z['sft_steps'] + 1, 'engine': res.plan['engine'], 'steps': res.steps, 'updates': res.updates,
+            'peak_gpu_gb': peak_gb()}
+
+def rollout_precision(policy) -> dict:
+    "The logits dtype of the no-grad calls (rollouts, validation, reference log-probs) of a GRPO run, and TF32: a hook on the head."
+    seen = set()
+    policy.get_output_embeddings().register_forward_hook(lambda m, i, o: None if torch.is_grad_enabled() else seen.add(str(o.dtype).replace('torch.', '')))
+    return seen
+
 def phase_grpo(z, tiny, out:Path) -> dict:
     from minionerec.model import load_checkpoint
     from minionerec.grpo import GRPOConfig
@@ -85,9 +112,10 @@ def phase_grpo(z, tiny, out:Path) -> dict:
     data, index = world(z)
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
     model, tok = load_checkpoint(out/'sft'/'last', dtype=None if tiny else 'bfloat16')
+    no_grad_dtypes = rollout_precision(model)
     cfg = GRPOConfig(num_generations=z['G'], prompts_per_step=z['prompts'], micro_batch=z['grpo_micro'], max_steps=z['grpo_steps'],
                      lr=1e-5, warmup_ratio=0.0, eval_every=0, eval_beams=10, eval_max_users=z['prompts'], beam_batch_size=z['prompts'],
-                     keep_best=False, bf16=not tiny, deterministic=tiny, tasks=('rec',), resume=False)
+                     keep_best=False, bf16=True, deterministic=tiny, tasks=('rec',), resume=False)   # bf16 on CPU too: the tiny run checks it
     train = rl_examples(data, index, 'train', ('rec',))[:z['prompts'] * z['grpo_steps']]
     from minionerec.rewards import RewardConfig                    # an untrained policy rarely hits: penalize every miss, so steps update
     res = train_grpo(cfg, model, tok, index, train, rl_examples(data, index, 'valid', ('rec',)), out_dir=out/'grpo',
@@ -96,7 +124,8 @@ def phase_grpo(z, tiny, out:Path) -> dict:
     return {'device': dev, 'steps': res.steps, 'groups_per_step': int(h.groups.iloc[-1]), 'G': z['G'],
             's_per_step': round(float(h.seconds.iloc[1:].mean() if len(h) > 1 else h.seconds.mean()), 3),
             'rollout_s': round(float(h.rollout_s.mean()), 3), 'update_s': round(float(h.update_s.mean()), 3),
-            'kl_last': float(h.kl.iloc[-1]), 'peak_gpu_gb': peak_gb(), 'checkpoint': str(out/'grpo'/'checkpoint')}
+            'kl_last': float(h.kl.iloc[-1]), 'rollout_logits': '/'.join(sorted(no_grad_dtypes)),
+            'tf32': bool(torch.backends.cuda.matmul.allow_tf32), 'peak_gpu_gb': peak_gb(), 'checkpoint': str(out/'grpo'/'checkpoint')}
 
 def phase_eval(z, tiny, out:Path) -> dict:
     from minionerec.model import load_checkpoint
@@ -125,8 +154,8 @@ def phase_eval(z, tiny, out:Path) -> dict:
                                    logits_processor=LogitsProcessorList([bd.PerBeamDictProcessor(ref, len(header), B)]))
             items.append(_clean(trie, o.sequences[:, ids.shape[1]:], o.sequences_scores)[0].view(-1, B).cpu())
         return torch.cat(items).numpy()
-    rank_prompts(model, tok, prompts[:bs], trie, B, bs, state); reference(prompts[:1]); sync()   # warm-up
-    t = time.perf_counter(); ours, _ = rank_prompts(model, tok, prompts, trie, B, bs, state); sync(); t_ours = time.perf_counter() - t
+    rank_prompts(model, tok, prompts[:bs], trie, B, bs, state, bf16=not tiny); reference(prompts[:1]); sync()   # warm-up
+    t = time.perf_counter(); ours, _ = rank_prompts(model, tok, prompts, trie, B, bs, state, bf16=not tiny); sync(); t_ours = time.perf_counter() - t
     t = time.perf_counter(); theirs = reference(prompts); sync(); t_ref = time.perf_counter() - t
     m = rank_metrics(ours, np.array([e['item_id'] for e in exs]), (10, 50 if B >= 50 else B))
     return {'users': len(prompts), 'beams': B, 'ours_ms_per_user': round(1000 * t_ours / len(prompts), 2),
@@ -134,7 +163,7 @@ def phase_eval(z, tiny, out:Path) -> dict:
             'same_items_share': float((ours == theirs).all(1).mean()), 'invalid': int((ours < 0).sum()),
             'NDCG@10 (random weights)': round(m['NDCG@10'], 4), 'peak_gpu_gb': peak_gb()}
 
-PHASES = {'sft': phase_sft, 'grpo': phase_grpo, 'eval': phase_eval}
+PHASES = {'sft': phase_sft, 'resume': phase_resume, 'grpo': phase_grpo, 'eval': phase_eval}
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check of the training wing (issue 12): on ONE GPU, a randomly initialised Qwen2.5-0.5B-shaped model (no hub
-# access) with SID tokens goes through a few SFT steps under bf16 (DeepSpeed ZeRO-2 when deepspeed is installed), a few
-# GRPO steps, and the evaluation of 256 users at 50 beams; it prints tokens/s, seconds per step, peak GPU memory, and
-# ms/user of our beam search vs `generate` + the reference's per-beam processor (bench/decoding.py). Budget: 8 minutes.
+# access) with SID tokens goes through a few SFT steps under bf16 (DeepSpeed ZeRO-2 when deepspeed is installed), their
+# resume from `last` for one more step, a few GRPO steps (rollouts under bf16 autocast, TF32 on: issue 23), and the
+# evaluation of 256 users at 50 beams; it prints tokens/s, seconds per step, peak GPU memory, whether the resume
+# continued, and ms/user of our beam search vs `generate` + the reference's per-beam processor (bench/decoding.py).
+# Budget: 8 minutes. Not yet run on a GPU (no GPU was lent to the session of issue 23).
 #
 #   bash bench/gpu_check.sh              # on the GPU machine, from the repository root or anywhere
 #   bash bench/gpu_check.sh --tiny       # CPU smoke test of the same code (tests/test_gpu_check.py), seconds
@@ -32,7 +34,7 @@ has_gpu=$(python -c "import torch; print(int(torch.cuda.is_available()))")
 if [ "$TINY" = 0 ] && [ "$has_gpu" = 1 ] && python -c "import deepspeed" 2>/dev/null; then
   echo "gpu_check: SFT under DeepSpeed ZeRO-2 (configs/deepspeed_zero2.json), one process"
   ACCELERATE_USE_DEEPSPEED=true ACCELERATE_DEEPSPEED_CONFIG_FILE=configs/deepspeed_zero2.json \
-    timeout 300 torchrun --standalone --nproc_per_node 1 bench/gpu_check.py --phase sft --out "$OUT_DIR"
+    timeout 300 torchrun --standalone --nproc_per_node 1 bench/gpu_check.py --phase sft,resume --out "$OUT_DIR"
   timeout $((480 - $(date +%s) + start)) python bench/gpu_check.py --phase grpo,eval --out "$OUT_DIR"
 else
   [ "$TINY" = 1 ] || echo "gpu_check: no deepspeed or no GPU: SFT runs bf16 autocast with fp32 master weights"

@@ -8,6 +8,7 @@ import argparse, os, sys, signal, threading, traceback
 from pathlib import Path
 import yaml
 from .core import ConfigError, TextDecodeError, DiskFullError, get_logger, Timer, resolve_config_file
+from .core import launch_config, packaged_configs_dir, resolve_deepspeed_config_env
 from .rundir import RunDirError
 from .data import DataError
 from .pipeline import STAGE_NAMES, run_pipeline
@@ -50,7 +51,7 @@ def prepare_summary(m:dict) -> str:
         if drop: lines.append('items dropped: ' + (', '.join(f'{v:,} {k}' for k, v in drop.items() if v) or 'none'))
     return '\n'.join(lines)
 
-# %% ../nbs/13a_cli.ipynb #596b4447
+# %% ../nbs/13a_cli.ipynb #2e795ea4
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog='minionerec', description='MiniOneRec-style generative recommendation: stages from data to report.')
     sub = ap.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
@@ -65,13 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
         return p
     common(sub.add_parser('pipeline', help='run every stage of the config in order (skipping complete ones)'), run=True)
     for s in STAGE_NAMES: common(sub.add_parser(s, help=f'run the {s} stage (its upstream stages must be complete)'), run=True)
-    common(sub.add_parser('plan', help='dry run: resolved per-device batch, accumulation and steps, without loading a model (preset auto: every fitted setting with its reason, predicted minutes per stage)')).add_argument('--world-size', type=int, default=None)
+    plan = common(sub.add_parser('plan', help='dry run: batch plan, engine, checkpointing and a memory estimate per GPU, without loading a model (preset auto: every fitted setting with its reason, predicted minutes per stage)'))
+    plan.add_argument('--world-size', type=int, default=None)
+    plan.add_argument('--launch-config', default=None, metavar='NAME', help='the accelerate config of the launch (engine and ZeRO stage), e.g. accelerate_zero2_8gpu')
+    lc = sub.add_parser('launch-config', help='print the absolute path of a packaged accelerate config, for `accelerate launch --config_file`')
+    lc.add_argument('name', nargs='?', default=None, help='accelerate_8gpu (DDP) or accelerate_zero2_8gpu (DeepSpeed ZeRO-2); none: list them')
+    lc.add_argument('--debug', action='store_true', help='show the traceback of an error')
     common(sub.add_parser('config', help='print the resolved config as YAML'))
     add_download_parser(sub)
     add_serve_parsers(sub)                       # recommend, export (chapter 13_serve)
     return ap
 
-# %% ../nbs/13a_cli.ipynb #f643111f
+# %% ../nbs/13a_cli.ipynb #36bb3c83
 USER_ERRORS = (ValueError, OSError, RunDirError, yaml.YAMLError)   # ConfigError, DataError, TextDecodeError, DiskFullError among them
 
 def error_line(e:BaseException) -> str:
@@ -85,12 +91,17 @@ def run_command(args) -> int:
     "Run a parsed command line (errors propagate; `main` turns them into one line and an exit status)."
     if args.cmd == 'download': return download_command(args)
     if args.cmd in SERVE_COMMANDS: return serve_command(args)
+    if args.cmd == 'launch-config':
+        if args.name: print(launch_config(args.name))
+        else: print('\n'.join(sorted(p.stem for p in packaged_configs_dir().glob('accelerate*.yaml'))))
+        return 0
+    resolve_deepspeed_config_env()                                        # a launch's configs/deepspeed_*.json from any folder
     cfg = load_config(resolve_config_file(args.config), args.overrides)   # configs/x.yaml: the packaged one if absent here
     if args.run_dir: cfg = cfg.replace(run_dir=args.run_dir)
     if args.cmd == 'config': print(cfg.to_yaml(), end=''); return 0
     if args.cmd == 'plan':
         if args.world_size: cfg = cfg.replace(world_size=args.world_size)
-        for k, v in plan_run(cfg).items(): print(f'{k:>28}: {v}')
+        for k, v in plan_run(cfg, launch_config(args.launch_config) if args.launch_config else None).items(): print(f'{k:>28}: {v}')
         return 0
     stages = cfg.stages if args.cmd == 'pipeline' else [args.cmd]
     with Timer() as t: done = run_pipeline(cfg, stages, force=stages if args.force else (), wait=args.wait)

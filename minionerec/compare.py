@@ -40,7 +40,7 @@ def stage_evaluate(ctx, out:Path) -> dict:
     model, tok = load_checkpoint(ctx.sft_checkpoint(), dtype=cfg.model.dtype, device=state.device); model.eval()
     splits = eval_splits(cfg)
     gen = {sp: evaluate_model(model, tok, data, index, cfg.eval.replace(split=sp), name='MiniOneRec SFT', examples=ctx.prompts(tok, sp),
-                              state=state) for sp in splits}
+                              state=state, bf16=cfg.sft.bf16) for sp in splits}
     if not state.is_main_process: return {}             # baselines and the report: rank 0
     del model
     b, res = cfg.baselines, gen[cfg.eval.split]
@@ -83,7 +83,8 @@ def compare_rl(ctx, rl_model, tok, out:Path, scorer=None) -> dict:
     splits = list(dict.fromkeys(['valid', cfg.eval.split]))
     trie = SIDTrie.from_index(index, tok)
     ev = {sp: {n: evaluate_model(m, tok, data, index, cfg.eval.replace(split=sp), name=n, trie=trie,
-                                 examples=ctx.prompts(tok, sp), state=state) for n, m in models.items()} for sp in splits}
+                                 examples=ctx.prompts(tok, sp), state=state, bf16=cfg.rl.bf16 if 'RL' in n else cfg.sft.bf16)
+          for n, m in models.items()} for sp in splits}
     dist = rl_reward_distributions(ctx, models, tok, out, trie, scorer)
     if not state.is_main_process: return {}
     boot = {sp: [paired_bootstrap(ev[sp]['MiniOneRec SFT'].ranks, ev[sp]['MiniOneRec SFT+RL'].ranks, mt, k, seed=cfg.seed,

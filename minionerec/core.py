@@ -17,7 +17,8 @@ __all__ = ['DATA_ENV', 'CACHE_ENV', 'in_test', 'get_logger', 'patch', 'set_seed'
            'read_text', 'unique_pairs', 'DiskFullError', 'disk_full_cause', 'atomic_write', 'write_text', 'write_json',
            'read_json', 'atomic_dir', 'cache_dir', 'find_data_root', 'make_run_dir', 'ConfigError', 'parse_yaml',
            'read_yaml', 'Config', 'check_fields', 'progress', 'Timer', 'get_device', 'multi_process_cpu', 'save_fig',
-           'packaged_configs_dir', 'resolve_config_file', 'module_main_error']
+           'packaged_configs_dir', 'resolve_config_file', 'launch_config', 'resolve_deepspeed_config_env',
+           'module_main_error']
 
 # %% ../nbs/00_core.ipynb #b9bdce79
 def in_test() -> bool:
@@ -456,6 +457,26 @@ def resolve_config_file(src):
     try: packaged = packaged_configs_dir()/p.name
     except FileNotFoundError: return src
     return packaged if packaged.exists() else src
+
+# %% ../nbs/00_core.ipynb #61831526
+def launch_config(name:str) -> Path:
+    "Absolute path of the packaged accelerate config `name` (`accelerate_8gpu`, `accelerate_zero2_8gpu`; `.yaml` optional)."
+    d = packaged_configs_dir()
+    f = d/(name if str(name).endswith(('.yaml', '.yml')) else f'{name}.yaml')
+    known = sorted(p.stem for p in d.glob('accelerate*.yaml'))
+    if not f.name.startswith('accelerate') or not f.is_file():
+        raise FileNotFoundError(f'launch config {name!r}: not among the packaged accelerate configs {known} (in {d})')
+    return f.resolve()
+
+def resolve_deepspeed_config_env() -> str|None:
+    "Point `$ACCELERATE_DEEPSPEED_CONFIG_FILE` at the packaged JSON when the launch named a missing `configs/x.json`; returns the value."
+    v = os.environ.get('ACCELERATE_DEEPSPEED_CONFIG_FILE')
+    if not v or Path(v).expanduser().exists(): return v
+    p = Path(resolve_config_file(v))
+    if not p.is_file():
+        raise FileNotFoundError(f'deepspeed_config_file {v} (from the accelerate config): no such file in {Path.cwd()} nor among the packaged configs')
+    os.environ['ACCELERATE_DEEPSPEED_CONFIG_FILE'] = str(p.resolve())
+    return os.environ['ACCELERATE_DEEPSPEED_CONFIG_FILE']
 
 # %% ../nbs/00_core.ipynb #28f16a17
 _COMMANDS = ('minionerec', 'minionerec.__main__', 'minionerec.cli')

@@ -214,17 +214,18 @@ def shard_slice(n:int, rank:int, world:int, batch_size:int=1) -> slice:
     start = min(n, rank * per)
     return slice(start, min(n, start + per))
 
-def rank_prompts(model, tokenizer, prompts:list[str], trie, num_beams:int=50, batch_size:int=16, state=None) -> tuple[np.ndarray, np.ndarray]:
-    "Constrained beam search of `prompts` sharded over the processes of `state` (default `process_state()`) and gathered: `(items, scores)`, each `(U, num_beams)`, on every process."
+def rank_prompts(model, tokenizer, prompts:list[str], trie, num_beams:int=50, batch_size:int=16, state=None, bf16:bool=False) -> tuple[np.ndarray, np.ndarray]:
+    "Constrained beam search of `prompts` (under bf16 autocast when `bf16`, as in training) sharded over the processes of `state` (default `process_state()`) and gathered: `(items, scores)`, each `(U, num_beams)`, on every process."
     import torch
     from minionerec.decoding import sid_beam_search
+    from minionerec.train import inference_autocast
     state = state or process_state()
     sl = shard_slice(len(prompts), state.process_index, state.num_processes, batch_size)
     items, scores = np.zeros((0, num_beams), np.int64), np.zeros((0, num_beams), np.float32)
     if sl.stop > sl.start:
         was = model.training
         try:
-            with torch.no_grad(): out = sid_beam_search(model, tokenizer, list(prompts[sl]), trie, num_beams=num_beams, batch_size=batch_size)
+            with torch.no_grad(), inference_autocast(state.device, bf16): out = sid_beam_search(model, tokenizer, list(prompts[sl]), trie, num_beams=num_beams, batch_size=batch_size)
         finally: model.train(was)
         items, scores = out.items.numpy(), out.scores.float().numpy()
     parts = [(sl.start, items, scores)]
@@ -267,7 +268,7 @@ def select_rows(n:int, max_users:int|None, seed:int=42) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=max_users, replace=False))
 
 def evaluate_model(model, tokenizer, data, index, cfg:EvalConfig|None=None, name:str='MiniOneRec', trie=None,
-                   examples:list|None=None, state=None) -> EvalResult:
+                   examples:list|None=None, state=None, bf16:bool=False) -> EvalResult:
     "Constrained beam search on `rec_examples(data, index, cfg.split)` (or `examples`, one per split row), sharded over the processes of `state` (see `rank_prompts`), and HR/NDCG/MRR of the decoded lists (on every process)."
     from minionerec.decoding import SIDTrie
     cfg = cfg or EvalConfig()
@@ -281,7 +282,7 @@ def evaluate_model(model, tokenizer, data, index, cfg:EvalConfig|None=None, name
         rows = select_rows(len(exs), cfg.max_users, cfg.seed)
         exs = [exs[i] for i in rows]
         trie = trie if trie is not None else SIDTrie.from_index(index, tokenizer)
-        items, _ = rank_prompts(model, tokenizer, [e['prompt'] for e in exs], trie, cfg.num_beams, cfg.batch_size, state)
+        items, _ = rank_prompts(model, tokenizer, [e['prompt'] for e in exs], trie, cfg.num_beams, cfg.batch_size, state, bf16)
     targets = np.array([int(e['item_id']) for e in exs], dtype=np.int64)
     tasks = [e.get('task', 'rec') for e in exs]
     return evaluate_rankings(name, items, targets, data, cfg.split, rows=rows, tasks=tasks, ks=cfg.ks, seconds=t.seconds)

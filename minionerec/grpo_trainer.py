@@ -83,7 +83,9 @@ class RecGRPOTrainer:
 @patch
 def rollout(self:RecGRPOTrainer, examples:list) -> Rollout:
     "Constrained-beam groups of `examples` under the current policy."
-    ro = generate_rollouts(self.policy, self.tokenizer, examples, self.trie, self.cfg.num_generations, self.cfg.beam_batch_size)
+    from minionerec.train import inference_autocast
+    with inference_autocast(self.acc.device, self.cfg.bf16):      # the training precision (bf16 on GPUs)
+        ro = generate_rollouts(self.policy, self.tokenizer, examples, self.trie, self.cfg.num_generations, self.cfg.beam_batch_size)
     return guide_groups(ro) if self.cfg.guide == 'target' else ro
 
 @patch
@@ -208,7 +210,7 @@ def evaluate(self:RecGRPOTrainer, examples:list, num_beams:int|None=None, ks=(1,
     "HR@K / NDCG@K of constrained beam search on `examples`: `evaluate.rank_prompts`, sharded over the processes and gathered."
     from minionerec.evaluate import rank_metrics, rank_prompts
     items, _ = rank_prompts(self.policy, self.tokenizer, [e['prompt'] for e in examples], self.trie,
-                            num_beams or self.cfg.eval_beams, self.cfg.beam_batch_size, self.acc.state)
+                            num_beams or self.cfg.eval_beams, self.cfg.beam_batch_size, self.acc.state, self.cfg.bf16)
     return rank_metrics(items, np.array([int(e['item_id']) for e in examples]), ks)
 
 # %% ../nbs/12a_grpo_trainer.ipynb #ab0b98d8
@@ -432,11 +434,11 @@ def plot_grpo_history(history:pd.DataFrame, evals:pd.DataFrame|None=None, path=N
 
 # %% ../nbs/12a_grpo_trainer.ipynb #aa813a14
 def rollout_rewards(model, tokenizer, examples:list, trie, num_generations:int=16, batch_size:int=8,
-                    reward_cfg:RewardConfig|None=None, phase:str|None=None, scorer=None, codes=None) -> pd.DataFrame:
+                    reward_cfg:RewardConfig|None=None, phase:str|None=None, scorer=None, codes=None, bf16:bool=False) -> pd.DataFrame:
     "Long table (reward, task, value, phase) of the rewards of `model`'s constrained-beam groups on `examples` (decoded sharded over the processes, as evaluation)."
     from minionerec.rewards import rewards_frame
     from minionerec.evaluate import rank_prompts
-    items, scores = rank_prompts(model, tokenizer, [e['prompt'] for e in examples], trie, num_generations, batch_size)
+    items, scores = rank_prompts(model, tokenizer, [e['prompt'] for e in examples], trie, num_generations, batch_size, bf16=bf16)
     ro = Rollout.from_examples(examples, items, scores)
     return rewards_frame(score_groups(ro.items, ro.targets, reward_cfg or RewardConfig(), scorer, ro.histories, codes=codes), ro.tasks, phase)
 
@@ -447,7 +449,7 @@ def reward_distributions(models:dict, tokenizer, examples:list, trie, cfg:GRPOCo
     from accelerate import PartialState
     from minionerec.rewards import plot_reward_distributions
     rew = pd.concat([rollout_rewards(m, tokenizer, examples, trie, cfg.num_generations, cfg.beam_batch_size, reward_cfg,
-                                     phase=n.replace('MiniOneRec ', ''), scorer=scorer, codes=codes) for n, m in models.items()], ignore_index=True)
+                                     phase=n.replace('MiniOneRec ', ''), scorer=scorer, codes=codes, bf16=cfg.bf16) for n, m in models.items()], ignore_index=True)
     dist = rew.groupby(['reward', 'task', 'phase'], sort=False).value.mean().unstack('phase').round(4)
     if out is None or not PartialState().is_main_process: return dist
     import matplotlib.pyplot as plt

@@ -48,8 +48,9 @@ __all__ = ['RAW_SOURCES', 'SEEDLESS_SECTIONS', 'RANKING_METRICS', 'STAGES', 'STA
            'DataSection', 'SIDSection', 'BaselinesSection', 'PipelineConfig', 'seed_paths', 'fingerprint', 'Stage',
            'RunContext', 'build_dataset', 'stage_prepare', 'stage_embed', 'stage_sid', 'catalogue_texts',
            'ranking_score_fn', 'stage_sft', 'scorer_cache_path', 'save_collab_scorer', 'collab_scorer', 'stage_rl',
-           'is_main_process', 'stage_fingerprints', 'check_config', 'run_pipeline', 'stage_evaluate', 'stage_report',
-           'report_comparisons', 'rl_reward_distributions', 'RL_DIST_PROMPTS', 'BOOTSTRAP_RESAMPLES']
+           'is_main_process', 'stage_fingerprints', 'check_config', 'run_pipeline', 'launch_token', 'wait_for_stage',
+           'stage_evaluate', 'stage_report', 'report_comparisons', 'rl_reward_distributions', 'RL_DIST_PROMPTS',
+           'BOOTSTRAP_RESAMPLES']
 
 # %% ../nbs/13_pipeline.ipynb #bfb34866
 RAW_SOURCES = ('interactions', 'amazon2018', 'amazon2023')   # sources that go through the paper's protocol
@@ -343,7 +344,7 @@ def ranking_score_fn(ctx:RunContext, tok) -> Callable|None:
     from minionerec.decoding import SIDTrie
     trie = SIDTrie.from_index(ctx.index(), tok)
     def score(model):
-        r = evaluate_model(model, tok, ctx.data(), ctx.index(), ecfg, name='sft-select', trie=trie, examples=exs)
+        r = evaluate_model(model, tok, ctx.data(), ctx.index(), ecfg, name='sft-select', trie=trie, examples=exs, bf16=cfg.sft.bf16)
         return {k: v for k, v in r.metrics.items() if RANKING_METRICS.match(k)}
     return score
 
@@ -437,8 +438,8 @@ STAGES = [
 STAGE_NAMES = tuple(s.name for s in STAGES)
 STAGE = {s.name: s for s in STAGES}
 
-# %% ../nbs/13_pipeline.ipynb #0cc87fd2
-DISTRIBUTED_STAGES = ('sft', 'evaluate', 'rl')   # the stages that may run under `accelerate launch` / `torchrun`
+# %% ../nbs/13_pipeline.ipynb #41ac4736
+DISTRIBUTED_STAGES = ('sft', 'evaluate', 'rl')   # the stages that run on every process of `accelerate launch` / `torchrun`
 
 def is_main_process() -> bool: return int(os.environ.get('RANK', 0)) == 0
 
@@ -487,9 +488,6 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None, wait:b
     if force is True: force = stages
     if run_dir is not None: cfg = cfg.replace(run_dir=str(run_dir))
     world = int(os.environ.get('WORLD_SIZE', 1))
-    if world > 1 and any(s not in DISTRIBUTED_STAGES for s in stages):
-        raise ConfigError(f'under a {world}-process launch only {list(DISTRIBUTED_STAGES)} can run; run '
-                          f'{[s for s in stages if s not in DISTRIBUTED_STAGES]} in one process first (`minionerec pipeline --set stages=...`)')
     check_config(cfg, stages)
     ctx = RunContext(cfg); ctx.run_dir.mkdir(parents=True, exist_ok=True)
     main = is_main_process()
@@ -503,6 +501,8 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None, wait:b
 
 def _run_stages(ctx:RunContext, stages, force, main:bool, world:int) -> dict:
     fps, out = stage_fingerprints(ctx.cfg), {}
+    alone = [s for s in stages if s not in DISTRIBUTED_STAGES] if world > 1 else []   # run by the main process only
+    token = launch_token() if alone else None
     for s in STAGES:
         if s.name not in stages: continue
         for n in s.needs:
@@ -514,6 +514,9 @@ def _run_stages(ctx:RunContext, stages, force, main:bool, world:int) -> dict:
         if s.name != 'report' and s.name not in force and s.is_complete(ctx.run_dir, fps[s.name]):
             check_layout(ctx.run_dir, [s.name])
             ctx.log.info(f'{s.name}: complete, skipped'); out[s.name] = read_json(s.done_path(ctx.run_dir)); continue
+        if s.name in alone and not main:
+            if s.name != 'report': out[s.name] = wait_for_stage(ctx, s, fps[s.name], token)
+            continue
         if main:
             if d.exists() and (s.name in force or s.stale(ctx.run_dir, fps[s.name])):
                 ctx.log.info(f'{s.name}: clearing {d} (written for another config or forced): no resuming from it')
@@ -521,14 +524,34 @@ def _run_stages(ctx:RunContext, stages, force, main:bool, world:int) -> dict:
             d.mkdir(parents=True, exist_ok=True)
             if s.done_path(ctx.run_dir).exists(): s.done_path(ctx.run_dir).unlink()
             write_json(s.started_path(ctx.run_dir), {'stage': s.name, 'fingerprint': fps[s.name], 'layout': LAYOUT_VERSION})
-        _barrier(world)                            # other processes start only once the folder is settled
+        if s.name not in alone: _barrier(world)    # other processes start only once the folder is settled
         ctx.log.info(f'{s.name}: running')
         with Timer() as t: metrics = s.run(ctx, d)
         rec = {'stage': s.name, 'fingerprint': fps[s.name], 'layout': LAYOUT_VERSION, 'needs': {n: fps[n] for n in s.needs}, 'seconds': round(t.seconds, 2), 'metrics': metrics}
+        if token: rec['launch'] = token
         if main: write_json(s.done_path(ctx.run_dir), rec)
         out[s.name] = rec
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
+
+# %% ../nbs/13_pipeline.ipynb #eab59bf4
+def launch_token() -> str:
+    "An id of this multi-process launch: rank 0 draws it and broadcasts it to the others (a collective: every process calls it)."
+    import uuid
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+    from minionerec.core import multi_process_cpu
+    PartialState(cpu=multi_process_cpu())
+    return broadcast_object_list([uuid.uuid4().hex if is_main_process() else None], from_process=0)[0]
+
+def wait_for_stage(ctx:RunContext, s:Stage, fp:str, token:str, poll:float=1.0) -> dict:
+    "In a process other than rank 0: wait until rank 0 has written the DONE record of stage `s` for this launch (`token`); returns it."
+    ctx.log.info(f'{s.name}: runs in the main process; waiting for it')
+    while True:
+        if s.is_complete(ctx.run_dir, fp):
+            rec = read_json(s.done_path(ctx.run_dir))
+            if rec.get('launch') == token: return rec
+        time.sleep(poll)
 
 # %% ../nbs/13_pipeline.ipynb #7b76b420
 _PRESET_NAMES = ('preset', 'load_config', 'plan_run')

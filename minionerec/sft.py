@@ -385,7 +385,8 @@ def validate_now(self:_SFTRun, step:int, epoch:int) -> bool:
     values = {r['task']: r['loss'] for r in rows}
     if self.score_fn is not None:
         was = raw.training; raw.eval()
-        with torch.no_grad(): sc = {str(k): float(v) for k, v in self.score_fn(raw).items()}
+        from minionerec.train import inference_autocast          # the ranking score in the training precision
+        with torch.no_grad(), inference_autocast(acc.device, cfg.bf16): sc = {str(k): float(v) for k, v in self.score_fn(raw).items()}
         raw.train(was)
         self.record('scores', [dict(step=step, epoch=epoch, name=k, value=v) for k, v in sc.items()])
         if S['mode'] == 'max': values = sc

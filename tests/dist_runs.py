@@ -12,18 +12,29 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def deepspeed_on_cpu(config=REPO/'configs'/'deepspeed_zero2.json'):
-    "Make `Accelerator()` use DeepSpeed (config file `config`) on CPU processes with the gloo backend."
+def gloo_for_deepspeed():
+    """Let accelerate start DeepSpeed on CPU processes: its backend choice falls back to gloo when there is no accelerator
+    device, and DeepSpeed's shared-memory allreduce op is not JIT-compiled (a C++ build of minutes on a fresh machine;
+    torch.distributed's gloo allreduce does the same work)."""
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
-    os.environ['ACCELERATE_USE_DEEPSPEED'] = 'true'
-    os.environ['ACCELERATE_DEEPSPEED_CONFIG_FILE'] = str(config)
     orig = PartialState._prepare_backend
+    if getattr(orig, 'gloo_patch', False): return
     def _prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+        import deepspeed.comm.torch   # the name binds `deepspeed.comm.torch`, the attribute: torch itself; the module is in sys.modules
+        sys.modules['deepspeed.comm.torch'].build_shm_op = lambda: None
         b, t = orig(self, cpu, sagemaker_dp, backend)
         if b is None and not cpu and int(os.environ.get('LOCAL_RANK', -1)) != -1: return 'gloo', DistributedType.MULTI_CPU
         return b, t
+    _prepare_backend.gloo_patch = True
     PartialState._prepare_backend = _prepare_backend
+
+
+def deepspeed_on_cpu(config=REPO/'configs'/'deepspeed_zero2.json'):
+    "Make `Accelerator()` use DeepSpeed (config file `config`) on CPU processes with the gloo backend."
+    os.environ['ACCELERATE_USE_DEEPSPEED'] = 'true'
+    os.environ['ACCELERATE_DEEPSPEED_CONFIG_FILE'] = str(config)
+    gloo_for_deepspeed()
 
 
 def synthetic_world(seed:int=0):

@@ -13,5 +13,8 @@ def test_gpu_check_tiny(tmp_path):
     sft, grpo, ev = (json.loads((tmp_path/f'{p}.json').read_text()) for p in ('sft', 'grpo', 'eval'))
     assert sft['steps'] == sft['updates'] == 2 and sft['tokens_per_s'] > 0 and sft['master_weights'] == 'float32'
     assert grpo['steps'] == 2 and grpo['groups_per_step'] == 4 and grpo['kl_last'] > 0        # the policy moved
+    assert grpo['rollout_logits'] == 'bfloat16'                      # rollouts and validation under bf16 autocast, as training
+    resume = json.loads((tmp_path/'resume.json').read_text())
+    assert resume['resumed'] and resume['steps'] == 3, resume       # the SFT run continued from `last` for one more step
     assert ev['users'] == 16 and ev['invalid'] == 0 and ev['same_items_share'] == 1.0        # our search == the reference's items
     assert ev['ours_ms_per_user'] > 0 and ev['generate_per_beam_ms_per_user'] > 0

@@ -1,7 +1,7 @@
 """The files a user looks for: LICENSE, CITATION.cff, configs inside the built wheel (usable from an installed copy),
 `python -m minionerec` as the CLI, no module that exits 0 doing nothing, requirements = what the package imports,
 and a Dockerfile that hadolint accepts."""
-import ast, configparser, os, shlex, shutil, subprocess, sys, zipfile
+import ast, configparser, os, shlex, shutil, subprocess, sys, zipfile   # the `wheel` fixture is in conftest.py
 from importlib import metadata
 from pathlib import Path
 import pytest, yaml
@@ -55,18 +55,6 @@ def test_runtime_requirements_are_what_the_package_imports():
     assert {'deepspeed', 'flash-attn'} <= names(settings()['gpu_requirements'])
     assert names(settings()['tracking_requirements']) == {'tensorboard'} and 'tensorboard' in names(settings()['dev_requirements'])
 
-@pytest.fixture(scope='module')
-def wheel(tmp_path_factory):
-    "A wheel built from the checkout's files (tracked and new, not ignored ones), like `pip wheel .` in a fresh clone."
-    tmp = tmp_path_factory.mktemp('wheel'); src = tmp/'src'
-    files = subprocess.run(['git', 'ls-files', '-co', '--exclude-standard'], cwd=REPO, capture_output=True, text=True, check=True).stdout.split('\n')
-    for f in filter(None, files):
-        if (REPO/f).is_file(): (src/f).parent.mkdir(parents=True, exist_ok=True); shutil.copy2(REPO/f, src/f)
-    r = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '.', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp/'dist')],
-                       cwd=src, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return next((tmp/'dist').glob('minionerec-*.whl'))
-
 def test_wheel_contents(wheel):
     with zipfile.ZipFile(wheel) as z: inside = set(z.namelist())
     for f in (REPO/'configs').iterdir():
@@ -107,3 +95,35 @@ def test_dockerfile_lints():
     assert r.returncode == 0, r.stdout + r.stderr
     text = (REPO/'Dockerfile').read_text()
     assert 'FROM ${CUDA_IMAGE}' in text and 'nvidia/cuda' in text and 'torch==${TORCH_VERSION}' in text and '.[gpu]' in text
+
+# The first release of each library with an API that minionerec (or its tests) calls: the floors in settings.ini must be
+# at least these. CI installs the newest releases, so the floors themselves are documented as untested (settings.ini).
+API_FLOORS = {'transformers': ('4.56', 'from_pretrained(dtype=), DynamicCache(config=)'),
+              'peft': ('0.15', 'LoraConfig(trainable_token_indices=)'),
+              'accelerate': ('1.9', "Accelerator(log_with='trackio')"),
+              'trl': ('0.26', 'GRPOConfig(use_bias_correction_kl=)'),
+              'torch': ('2.6', 'torch.autocast on CPU with bfloat16')}
+
+def floors() -> dict:
+    "{distribution: minimum version} of every `>=` requirement in settings.ini (runtime and dev)."
+    out = {}
+    for r in shlex.split(settings()['requirements']) + shlex.split(settings()['dev_requirements']):
+        spec = r.split(';')[0]
+        for part in spec.split(','):
+            if '>=' in part: out[part.split('>=')[0].strip().lower()] = part.split('>=')[1].strip()
+    return out
+
+def test_floors_cover_the_apis_called_and_are_documented():
+    from packaging.version import Version
+    f, text = floors(), (REPO/'settings.ini').read_text()
+    for dist, (v, api) in API_FLOORS.items():
+        assert Version(f[dist]) >= Version(v), f'settings.ini: {dist}>={f[dist]}, but minionerec calls {api}, new in {dist} {v}'
+        if dist != 'torch': assert f'{dist} {v}' in text, f'settings.ini: the comment on floors does not name {dist} {v}'
+    assert 'Tested minimum' in text
+
+def test_installed_versions_satisfy_the_floors():
+    from packaging.version import Version
+    for dist, v in floors().items():
+        try: have = metadata.version(dist)
+        except metadata.PackageNotFoundError: continue       # an extra not installed here (e.g. notebook-only)
+        assert Version(have) >= Version(v), f'{dist} {have} is installed, below the floor {dist}>={v} of settings.ini'

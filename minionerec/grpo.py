@@ -246,13 +246,3 @@ def _rows(batch:dict, rows:slice|torch.Tensor) -> dict:
     if keep.any():
         first = int(torch.nonzero(keep)[0]); out['prompt_ids'], out['prompt_mask'] = out['prompt_ids'][:, first:], out['prompt_mask'][:, first:]
     return out
-
-# %% ../nbs/12_grpo.ipynb #40b64e62
-_TRAINER_NAMES = ('RecGRPOTrainer', 'GRPOResult', 'train_grpo', 'plot_grpo_history', 'rollout_rewards', '_subset')
-
-def __getattr__(name):
-    "`from minionerec.grpo import train_grpo` (and the other trainer names) keeps working: they live in `grpo_trainer`."
-    if name in _TRAINER_NAMES:
-        from minionerec import grpo_trainer
-        return getattr(grpo_trainer, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -38,17 +38,14 @@ from .grpo import GRPOConfig
 from .grpo_trainer import train_grpo, explain_run, explain_line
 from .tasks import rl_examples
 from .encode import fit_prompts
-from .compare import (stage_evaluate, compare_rl, stage_report, report_comparisons, rl_reward_distributions,
-                                RL_DIST_PROMPTS, BOOTSTRAP_RESAMPLES)   # the comparing stages (chapter 13c), importable from here
-_all_ = ['stage_evaluate', 'stage_report', 'report_comparisons', 'rl_reward_distributions', 'RL_DIST_PROMPTS', 'BOOTSTRAP_RESAMPLES']
+from .compare import stage_evaluate, compare_rl, stage_report   # the comparing stages (chapter 13c)
 
 # %% auto #0
 __all__ = ['RAW_SOURCES', 'SEEDLESS_SECTIONS', 'RANKING_METRICS', 'STAGES', 'STAGE_NAMES', 'STAGE', 'DISTRIBUTED_STAGES',
            'DataSection', 'SIDSection', 'BaselinesSection', 'PipelineConfig', 'seed_paths', 'fingerprint', 'Stage',
            'RunContext', 'build_dataset', 'stage_prepare', 'stage_embed', 'stage_sid', 'catalogue_texts',
            'ranking_score_fn', 'stage_sft', 'collab_scorer', 'stage_rl', 'is_main_process', 'stage_fingerprints',
-           'check_config', 'run_pipeline', 'stage_evaluate', 'stage_report', 'report_comparisons',
-           'rl_reward_distributions', 'RL_DIST_PROMPTS', 'BOOTSTRAP_RESAMPLES']
+           'check_config', 'run_pipeline']
 
 # %% ../nbs/13_pipeline.ipynb #bfb34866
 RAW_SOURCES = ('interactions', 'amazon2018', 'amazon2023')   # sources that go through the paper's protocol
@@ -502,13 +499,3 @@ def _run_stages(ctx:RunContext, stages, force, main:bool, world:int) -> dict:
         out[s.name] = rec
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
-
-# %% ../nbs/13_pipeline.ipynb #7b76b420
-_PRESET_NAMES = ('preset', 'load_config', 'plan_run')
-
-def __getattr__(name):
-    "`from minionerec.pipeline import preset` (and `load_config`, `plan_run`) keeps working: they live in `presets`."
-    if name in _PRESET_NAMES:
-        from minionerec import presets
-        return getattr(presets, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

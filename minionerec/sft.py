@@ -21,7 +21,7 @@ from .train import (batch_plan, lr_multiplier, make_scheduler, build_accelerator
                               load_trainer_state, has_trainer_state, Schedule, start_tracking, track, finish_tracking,
                               check_finite_loss, check_finite_weights)
 from .sid import SIDIndex
-from .data import SyntheticConfig, make_synthetic, load_published
+from .data import load_published
 from .tasks import TaskMixConfig, build_mixture, TASKS
 
 # %% auto #0

@@ -28,7 +28,7 @@ def deepspeed_on_cpu(config=REPO/'configs'/'deepspeed_zero2.json'):
 
 def synthetic_world(seed:int=0):
     "The tiny synthetic catalogue and a collision-free 3-level SID index (8 codes per level)."
-    from minionerec.data import make_synthetic, SyntheticConfig
+    from minionerec.synthetic import make_synthetic, SyntheticConfig
     from minionerec.sid import SIDIndex
     data = make_synthetic(SyntheticConfig.tiny())
     flat = np.random.default_rng(seed).choice(8 ** 3, len(data.items), replace=False)

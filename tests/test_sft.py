@@ -124,7 +124,7 @@ def test_frozen_mode_changes_only_sid_rows(toy, tmp_path):
 def test_paper_precision_trains_every_weight_at_lr_1e5(toy, tmp_path):
     """The paper preset's precision (bf16 backbone weights, `bf16=True`) at lr 1e-5: fp32 master weights with bf16 autocast,
     so every trained weight moves within 3 steps (AdamW on the bf16 weights themselves leaves most unchanged)."""
-    from minionerec.pipeline import preset
+    from minionerec.presets import preset
     paper = preset('paper')
     ex, index, texts = toy
     model, tok, _ = toy_backbone(index, texts, seed=5, dtype=paper.model.dtype)

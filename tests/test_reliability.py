@@ -271,7 +271,8 @@ def _sft(toy_sft, out, lr):
 def test_sft_divergence_stops_naming_the_step(toy_sft, tmp_path):
     import torch
     from minionerec.train import DivergenceError
-    from minionerec.sft import load_weights, toy_backbone
+    from minionerec.sft import toy_backbone
+    from minionerec.model import load_weights
     with pytest.raises(DivergenceError, match=r'sft: the training loss is nan at step 2 \(learning rate 1e\+30\): the weights diverged, '
                                               r'so training stopped before saving them; lower sft.lr'):
         _sft(toy_sft, tmp_path, lr=1e30)

@@ -10,7 +10,8 @@ import torch
 
 from minionerec.core import ConfigError, read_json
 from minionerec.model import ModelConfig, apply_training_mode
-from minionerec.sft import SFTConfig, load_weights, sft_loss, toy_backbone, toy_examples, train_sft
+from minionerec.sft import SFTConfig, sft_loss, toy_backbone, toy_examples, train_sft
+from minionerec.model import load_weights
 from minionerec.train import batch_plan
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_runs import sft_run

@@ -169,7 +169,6 @@ def test_deepspeed_zero2_two_cpu_processes(tmp_path):
     """ZeRO-2 (configs/deepspeed_zero2.json, its `auto` fields filled from our plan) on 2 CPU processes: the engine steps
     the optimizer once per global batch (not once per micro-batch), the prepared scheduler follows our schedule, and the
     first loss equals the DDP run's (same weights, same batch)."""
-    pytest.importorskip('deepspeed')
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE', 'MINIONEREC_QUIET': '1'}
     p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         str(Path(__file__).parent/'dist_runs.py'), 'sft', str(tmp_path/'ds'), json.dumps({'deepspeed_cpu': True, 'warmup_ratio': 0.5})],

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from .core import Config, ConfigError, patch
 from .rewards import RewardConfig, score_groups
-from .model import prompt_ids, left_pad, eos_id, pad_id
+from .model import left_pad, eos_id, pad_id
+from .encode import prompt_ids
 from .train import Schedule
 
 # %% auto #0

@@ -16,8 +16,8 @@ from .core import Config, ConfigError, atomic_dir, write_json, read_json, get_lo
 from .rundir import ArtifactError
 
 # %% auto #0
-__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'VOCAB_MULTIPLE', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'eos_id', 'pad_id', 'prompt_ids',
-           'left_pad', 'load_tokenizer', 'ModelConfig', 'build_tiny_model', 'load_backbone', 'add_sid_tokens',
+__all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'VOCAB_MULTIPLE', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'eos_id', 'pad_id', 'left_pad',
+           'load_tokenizer', 'ModelConfig', 'build_tiny_model', 'load_backbone', 'add_sid_tokens',
            'apply_training_mode', 'param_groups', 'prepare_model', 'count_parameters', 'non_embedding_parameters',
            'model_flops_per_token', 'serving_generation_config', 'save_checkpoint', 'load_checkpoint',
            'checkpoint_meta', 'load_weights', 'add_dropout']
@@ -52,12 +52,6 @@ def pad_id(tokenizer) -> int:
     return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer))
 
 # %% ../nbs/06_model.ipynb #c4b253d0
-def prompt_ids(tokenizer, prompts) -> list[list[int]]:
-    "Token ids of each prompt as SFT, decoding and RL all feed it: special tokens added, a trailing EOS dropped (tokenizers that end every text with EOS)."
-    eos = tokenizer.eos_token_id
-    ids = tokenizer(list(prompts), add_special_tokens=True)['input_ids']
-    return [list(x[:-1]) if eos is not None and len(x) and x[-1] == eos else list(x) for x in ids]
-
 def left_pad(seqs:list, pad_id:int) -> tuple[torch.Tensor, torch.Tensor]:
     "Left-pad lists of ids to `(B, P)` ids and attention mask."
     P = max((len(s) for s in seqs), default=0)

@@ -4,15 +4,13 @@
 
 # %% ../nbs/13_pipeline.ipynb #dc275928
 from __future__ import annotations
-import os, re, json, hashlib, shutil, time, traceback, contextlib, dataclasses
+import os, re, json, hashlib, shutil, contextlib, dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Callable
 import numpy as np
-import pandas as pd
-import yaml
-from .core import (Config, ConfigError, set_seed, write_json, read_json, write_text, atomic_write, atomic_dir, find_data_root,
-                             get_logger, Timer, in_test, read_yaml, cache_dir)
+from .core import (Config, ConfigError, set_seed, write_json, read_json, atomic_write, atomic_dir, find_data_root,
+                             get_logger, Timer, cache_dir)
 from .rundir import run_lock, clean_leftovers, check_own_folder, write_own_text
 from .data import RecData, load_published, write_published, check_dataset_name
 from .synthetic import SyntheticConfig, make_synthetic
@@ -25,15 +23,15 @@ from .sid import SIDIndex, build_sid_index
 from .sid_quality import sid_report
 from .sid_explorer import save_explorer_html
 from .rqvae import n_colliding_items
-from .model import ModelConfig, load_backbone, add_sid_tokens, apply_training_mode, add_dropout, save_checkpoint, load_checkpoint, checkpoint_meta
+from .model import ModelConfig, load_backbone, add_sid_tokens, apply_training_mode, add_dropout, load_checkpoint
 from .tasks import TaskMixConfig, build_mixture, TASKS, CATALOGUE_TASKS
 from .sft import SFTConfig, train_sft
-from .train import batch_plan, precision_plan, check_report_to
-from .evaluate import EvalConfig, evaluate_model, evaluate_rankings, select_rows
+from .train import batch_plan, check_report_to, TrackingConfig
+from .evaluate import EvalConfig, evaluate_model, select_rows
 from .baselines import SASRecConfig, GRU4RecConfig, MFConfig
 from .tiger import TIGERConfig
 from .hstu import HSTUConfig
-from .rewards import RewardConfig, plot_reward_distributions
+from .rewards import RewardConfig
 from .grpo import GRPOConfig
 from .grpo_trainer import train_grpo, explain_run, explain_line
 from .tasks import rl_examples
@@ -127,6 +125,7 @@ class PipelineConfig(Config):
     select_users: int|None = 1000  # validation rows decoded at each SFT validation when `sft.monitor` is a ranking metric such as 'NDCG@10' (None = all)
     select_beams: int = 20        # beams of that decoding (at least the metric's K)
     report_to: Literal['none', 'tensorboard', 'wandb', 'trackio', 'mlflow'] = 'none'  # live tracking of SFT and RL (TensorBoard: event files in <run_dir>/<stage>/tensorboard)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # where the tracker files the runs: project, entity, group, tags
     data: DataSection = field(default_factory=DataSection)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     sid: SIDSection = field(default_factory=SIDSection)
@@ -352,7 +351,8 @@ def stage_sft(ctx:RunContext, out:Path) -> dict:
     if cfg.max_valid_examples is not None and len(valid) > cfg.max_valid_examples:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(valid), cfg.max_valid_examples, replace=False))
         valid = [valid[i] for i in keep]
-    res = train_sft(cfg.sft, model, tok, train, valid, out_dir=out, score_fn=ranking_score_fn(ctx, tok), index=index, report_to=cfg.report_to)
+    res = train_sft(cfg.sft, model, tok, train, valid, out_dir=out, score_fn=ranking_score_fn(ctx, tok), index=index, report_to=cfg.report_to,
+                    tracking=cfg.tracking)
     ckpt = res.best_checkpoint or res.last_checkpoint
     if not is_main_process(): return {}                 # train_sft wrote history.csv, scores.csv and loss_curves.png
     return {'checkpoint': str(Path(ckpt).relative_to(out)), 'steps': res.steps, 'updates': res.updates, 'monitor': res.monitor,
@@ -389,7 +389,8 @@ def stage_rl(ctx:RunContext, out:Path) -> dict:
     train = ctx.prompts(tok, 'train', cfg.rl.tasks)
     valid = ctx.prompts(tok, 'valid')
     scorer = collab_scorer(ctx)                                                 # None unless rewards.collab > 0
-    res = train_grpo(cfg.rl, model, tok, index, train, valid, out_dir=out, reward_cfg=cfg.rewards, scorer=scorer, report_to=cfg.report_to)
+    res = train_grpo(cfg.rl, model, tok, index, train, valid, out_dir=out, reward_cfg=cfg.rewards, scorer=scorer, report_to=cfg.report_to,
+                     tracking=cfg.tracking)
     comp = compare_rl(ctx, res.model, tok, out, scorer=scorer)                  # {} off the main process
     if not comp: return {}
     ex = explain_run(res.history, res.evals, res.best_step)                     # why RL helped or not: the report's verdict line

@@ -20,7 +20,8 @@ def _plain_logits(path, prompts):
 
 
 def _logits(model, tok, prompts):
-    from minionerec.model import prompt_ids, left_pad
+    from minionerec.model import left_pad
+    from minionerec.encode import prompt_ids
     ids, mask = left_pad(prompt_ids(tok, prompts), tok.pad_token_id)
     model.eval()
     with torch.no_grad(): return model(input_ids=ids, attention_mask=mask).logits

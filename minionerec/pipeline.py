@@ -36,14 +36,14 @@ from .grpo import GRPOConfig
 from .grpo_trainer import train_grpo, explain_run, explain_line
 from .tasks import rl_examples
 from .encode import fit_prompts
-from .compare import stage_evaluate, compare_rl, stage_report   # the comparing stages (chapter 13c)
+from .compare import stage_evaluate, compare_rl, stage_report, seeds_summary   # the comparing stages (chapter 13c)
 
 # %% auto #0
 __all__ = ['RAW_SOURCES', 'SEEDLESS_SECTIONS', 'RANKING_METRICS', 'STAGES', 'STAGE_NAMES', 'STAGE', 'DISTRIBUTED_STAGES',
            'DataSection', 'SIDSection', 'BaselinesSection', 'PipelineConfig', 'seed_paths', 'fingerprint', 'Stage',
            'RunContext', 'build_dataset', 'stage_prepare', 'stage_embed', 'stage_sid', 'catalogue_texts',
            'ranking_score_fn', 'stage_sft', 'collab_scorer', 'stage_rl', 'is_main_process', 'stage_fingerprints',
-           'check_config', 'run_pipeline']
+           'check_config', 'run_pipeline', 'run_seeds']
 
 # %% ../nbs/13_pipeline.ipynb #bfb34866
 RAW_SOURCES = ('interactions', 'amazon2018', 'amazon2023')   # sources that go through the paper's protocol
@@ -453,8 +453,7 @@ def _barrier(world:int):
 
 def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None, wait:bool=False) -> dict:
     "Run `stages` (default `cfg.stages`) in order, skipping complete ones, holding the run directory's lock (`wait`: queue behind another run); returns {stage: DONE record}."
-    if cfg.seeds:                                        # one run per seed, then their mean and spread (13b_presets)
-        from minionerec.presets import run_seeds
+    if cfg.seeds:                                        # one run per seed, then their mean and spread (run_seeds below)
         return run_seeds(cfg if run_dir is None else cfg.replace(run_dir=str(run_dir)), stages, force, wait)
     stages = list(stages or cfg.stages)
     bad = [s for s in stages if s not in STAGE]
@@ -500,3 +499,14 @@ def _run_stages(ctx:RunContext, stages, force, main:bool, world:int) -> dict:
         out[s.name] = rec
         ctx.log.info(f'{s.name}: done in {t.seconds:.1f}s')
     return out
+
+# %% ../nbs/13_pipeline.ipynb #life13s1
+def run_seeds(cfg:PipelineConfig, stages=None, force=(), wait:bool=False) -> dict:
+    "`run_pipeline` once per seed of `cfg.seeds` in `<run_dir>/seed_<s>`, then `compare.seeds_summary` into `<run_dir>/seeds`: `{'seed_<s>/<stage>': DONE record}`."
+    done = {}
+    for s in cfg.seeds:
+        one = cfg.replace(seed=s, seeds=[], run_dir=str(Path(cfg.run_dir)/f'seed_{s}'))
+        done.update({f'seed_{s}/{k}': v for k, v in run_pipeline(one, stages, force, wait=wait).items()})
+    summ = seeds_summary(cfg.run_dir, cfg.seeds, cfg.eval.split)
+    get_logger('minionerec.pipeline').info(f"seeds {cfg.seeds}: mean and spread in {summ['md']}")
+    return done

@@ -6,10 +6,9 @@
 from __future__ import annotations
 from pathlib import Path
 import numpy as np
-import yaml
 from .core import ConfigError, read_yaml, parse_yaml, get_logger
 from .pipeline import (PipelineConfig, DataSection, SIDSection, BaselinesSection, RunContext, build_dataset, RAW_SOURCES,
-                                 SEEDLESS_SECTIONS, seed_paths)
+                                 SEEDLESS_SECTIONS)
 from .synthetic import SyntheticConfig
 from .embed import EmbedConfig
 from .rqvae import RQVAEConfig
@@ -26,7 +25,7 @@ from .rewards import RewardConfig
 from .train import batch_plan, precision_plan
 
 # %% auto #0
-__all__ = ['REC_ONLY', 'preset', 'load_config', 'run_seeds', 'plan_run']
+__all__ = ['REC_ONLY', 'preset', 'load_config', 'plan_run']
 
 # %% ../nbs/13b_presets.ipynb #e88e6604
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
@@ -128,19 +127,6 @@ def _merge(base:dict, over:dict) -> dict:
     out = dict(base)
     for k, v in over.items(): out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return out
-
-# %% ../nbs/13b_presets.ipynb #7531f959
-def run_seeds(cfg:PipelineConfig, stages=None, force=(), wait:bool=False) -> dict:
-    "`run_pipeline` once per seed of `cfg.seeds` in `<run_dir>/seed_<s>`, then `compare.seeds_summary` into `<run_dir>/seeds`: `{'seed_<s>/<stage>': DONE record}`."
-    from minionerec.pipeline import run_pipeline
-    from minionerec.compare import seeds_summary
-    done = {}
-    for s in cfg.seeds:
-        one = cfg.replace(seed=s, seeds=[], run_dir=str(Path(cfg.run_dir)/f'seed_{s}'))
-        done.update({f'seed_{s}/{k}': v for k, v in run_pipeline(one, stages, force, wait=wait).items()})
-    summ = seeds_summary(cfg.run_dir, cfg.seeds, cfg.eval.split)
-    get_logger('minionerec.presets').info(f"seeds {cfg.seeds}: mean and spread in {summ['md']}")
-    return done
 
 # %% ../nbs/13b_presets.ipynb #a806d75d
 def _placeholder_index(n:int) -> SIDIndex:

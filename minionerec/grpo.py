@@ -63,7 +63,7 @@ class GRPOConfig(Config):
     def eps_high(self) -> float: return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
 
 # %% ../nbs/12_grpo.ipynb #a77afc55
-from .tasks import RL_TASKS, rl_examples   # RL prompts are built in `05_tasks`, with the SFT prompt policy
+from .tasks import RL_TASKS   # RL prompts (`rl_examples`) are built in `05_tasks`, with the SFT prompt policy
 
 @patch
 def validate(self:GRPOConfig):

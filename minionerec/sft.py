@@ -476,7 +476,7 @@ def finish(self:SFTTrainer, close_tracker:bool=True) -> SFTResult:
                     train_tokens=st['train_tokens'], wall_seconds=time.perf_counter() - self.t0, plan=self.plan,
                     scores=pd.DataFrame(scores, columns=SCORE_COLUMNS) if scores else None, out_dir=run.out)
     summary = {f_.name: getattr(res, f_.name) for f_ in dataclasses.fields(res) if f_.name not in ('history', 'scores')}
-    run.write_json('sft_result.json', summary | {'tasks': self.S['tasks'], 'first_step_shards': st['shards']})
+    run.save_json('sft_result.json', summary | {'tasks': self.S['tasks'], 'first_step_shards': st['shards']})
     if self.main:
         import matplotlib.pyplot as plt
         plt.close(plot_losses(history, run.out/'loss_curves.png'))

@@ -4,13 +4,13 @@
 
 # %% ../nbs/06a_train.ipynb #6552ae45
 from __future__ import annotations
-import os, csv, math, json, base64, random, pickle, shutil
+import os, csv, math, base64, random, pickle, shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Callable
 import numpy as np
 import torch
-from .core import Config, ConfigError, multi_process_cpu, get_logger, write_json, read_json, atomic_write, atomic_dir, patch
+from .core import Config, ConfigError, multi_process_cpu, write_json, read_json, atomic_write, atomic_dir, patch
 from .rundir import ArtifactError
 from .model import save_checkpoint, load_weights
 
@@ -407,7 +407,7 @@ def restore_best(self:TrainRun, model, step:int) -> int:
     return b
 
 @patch
-def write_json(self:TrainRun, name:str, data:dict):
+def save_json(self:TrainRun, name:str, data:dict):
     "Write `out_dir/name` (rank 0)."
     if self.out is not None and self.main: write_json(self.out/name, data)
 

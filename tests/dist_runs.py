@@ -85,7 +85,8 @@ def grpo_run(root, out, reward=None, on_step=None, report_to='none', **grpo):
     from minionerec.data import load_published
     from minionerec.sid import SIDIndex
     from minionerec.model import load_checkpoint
-    from minionerec.grpo import GRPOConfig, rl_examples
+    from minionerec.grpo import GRPOConfig
+    from minionerec.tasks import rl_examples
     from minionerec.grpo_trainer import train_grpo, _subset
     from minionerec.rewards import RewardConfig
     root = Path(root)

@@ -231,3 +231,23 @@ def test_loss_lines_and_tensorboard(toy, tmp_path):
     assert (tmp_path/'sft'/'best'/'index.json').exists() and (tmp_path/'sft'/'last'/'index.json').exists()
     with pytest.raises(ConfigError, match="report_to must be one of"):
         train_sft(cfg, model, tok, ex, ex[:6], out_dir=tmp_path/'x', report_to='tensorbord')
+
+
+def test_tracking_settings_come_from_the_config(toy, tmp_path, monkeypatch):
+    """Tracker project / entity / run group / tags are config keys (`PipelineConfig.tracking`, a `train.TrackingConfig`)
+    that `train_sft` / `train_grpo` hand to accelerate's `init_trackers`; checked without network: the arguments each
+    tracker gets, and the settings reaching the tracker start of a TensorBoard run."""
+    import minionerec.train as T
+    from minionerec.presets import load_config
+    pc = load_config('tiny', ['tracking.project=recs', 'tracking.entity=team', 'tracking.group=sweep', 'tracking.tags=[industrial, qwen]'])
+    assert pc.tracking == T.TrackingConfig(project='recs', entity='team', group='sweep', tags=['industrial', 'qwen'])
+    assert T.tracker_init('wandb', tmp_path/'run'/'sft', pc.tracking) == ('recs', {'wandb': {
+        'dir': str(tmp_path/'run'/'sft'), 'name': 'run/sft', 'entity': 'team', 'group': 'sweep', 'tags': ['industrial', 'qwen']}})
+    assert T.tracker_init('mlflow', tmp_path/'run'/'rl', pc.tracking)[1]['mlflow']['tags'] == {'group': 'sweep', 'industrial': 'true', 'qwen': 'true'}
+    seen, orig = [], T.tracker_init
+    monkeypatch.setattr(T, 'tracker_init', lambda r, o, t=None: seen.append((r, Path(o).name, t)) or orig(r, o, t))
+    ex, index, texts = toy
+    model, tok, _ = toy_backbone(index, texts, seed=3)
+    cfg = SFTConfig.tiny().replace(epochs=1, global_batch_size=8, micro_batch_size=8, patience=0)
+    train_sft(cfg, model, tok, ex, ex[:6], out_dir=tmp_path/'sft', report_to='tensorboard', tracking=pc.tracking)
+    assert seen == [('tensorboard', 'sft', pc.tracking)] and (tmp_path/'sft'/'tensorboard').is_dir()

@@ -360,6 +360,7 @@ def save_last(self:TrainRun, model, optimizer, scheduler, state:dict, extra:dict
             if self.deepspeed: shutil.move(str(eng), str(tmp/'engine'))
     self.acc.wait_for_everyone()
 
+# %% ../nbs/06a_train.ipynb #life6ar1
 @patch
 def resume(self:TrainRun, model, optimizer, scheduler, check:Callable|None=None) -> dict|None:
     """Restore `last/` if there is one (call it after `prepare`): weights and optimizer (DeepSpeed: `accelerator.load_state`

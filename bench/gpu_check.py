@@ -46,7 +46,7 @@ def sizes(tiny:bool) -> dict:
 
 def world(z:dict, seed:int=0):
     "Synthetic data and a collision-free 3 x 256 SID index (codes drawn at random: the check times shapes, not quality)."
-    from minionerec.data import make_synthetic, SyntheticConfig
+    from minionerec.synthetic import make_synthetic, SyntheticConfig
     from minionerec.sid import SIDIndex
     t, s, per = z['items']
     data = make_synthetic(SyntheticConfig(n_top=t, n_sub=s, items_per_leaf=per, n_users=z['users'], seed=seed))

@@ -16,7 +16,8 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
-from minionerec.sft import token_losses, IGNORE
+from minionerec.sft import token_losses
+from minionerec.encode import IGNORE
 
 def batch(B, prompt_lens, target_lens, V, seed=0):
     g = torch.Generator().manual_seed(seed)

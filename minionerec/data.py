@@ -19,9 +19,7 @@ __all__ = ['SPLITS', 'CSV_COLUMNS', 'ITEM_COLUMNS', 'SAMPLE_COLUMNS', 'DEFAULT_T
            'clean_description', 'clean_categories', 'make_items', 'make_samples_frame', 'list_datasets',
            'read_split_csv', 'read_data_text', 'read_item_json', 'read_index_json', 'load_published', 'write_inter',
            'move_files', 'write_published', 'published_files', 'download_published', 'gini', 'dataset_report',
-           'plot_dataset_report', 'make_synthetic', 'SyntheticConfig', 'prepare_amazon', 'PrepareConfig',
-           'read_amazon_meta', 'read_amazon_reviews', 'k_core', 'month_range', 'ProtocolConfig', 'apply_protocol',
-           'prepare_interactions', 'make_samples', 'chronological_split', 'read_json_lines']
+           'plot_dataset_report']
 
 # %% ../nbs/01_data.ipynb #d65c2ce4
 SPLITS = ('train', 'valid', 'test')
@@ -450,18 +448,3 @@ def plot_dataset_report(data:RecData, path=None):
         fig.savefig(buf, format=path.suffix.lstrip('.') or 'png', dpi=110)
         with atomic_write(path, 'wb') as f: f.write(buf.getvalue())
     return fig
-
-# %% ../nbs/01_data.ipynb #6a54e7a9
-_SOURCES = {'make_synthetic': 'synthetic', 'SyntheticConfig': 'synthetic', 'prepare_amazon': 'amazon', 'PrepareConfig': 'amazon',
-            'read_amazon_meta': 'amazon', 'read_amazon_reviews': 'amazon', 'k_core': 'protocol', 'month_range': 'protocol',
-            'ProtocolConfig': 'protocol', 'apply_protocol': 'protocol', 'prepare_interactions': 'protocol', 'make_samples': 'protocol',
-            'chronological_split': 'protocol', 'read_json_lines': 'protocol'}
-_all_ = ['make_synthetic', 'SyntheticConfig', 'prepare_amazon', 'PrepareConfig', 'read_amazon_meta', 'read_amazon_reviews', 'k_core',
-        'month_range', 'ProtocolConfig', 'apply_protocol', 'prepare_interactions', 'make_samples', 'chronological_split', 'read_json_lines']
-
-def __getattr__(name):
-    "The source chapters' entry points, importable from `minionerec.data` and loaded on first use (no import cycle)."
-    if name in _SOURCES:
-        import importlib
-        return getattr(importlib.import_module(f'minionerec.{_SOURCES[name]}'), name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

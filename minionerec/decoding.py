@@ -13,7 +13,8 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 from .core import patch
-from .model import prompt_ids, left_pad
+from .model import left_pad
+from .encode import prompt_ids
 
 # %% auto #0
 __all__ = ['SIDTrie', 'SIDConstraintProcessor', 'beam_generation_config', 'plain_generation_defaults', 'BeamOutput',

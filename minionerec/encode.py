@@ -7,12 +7,18 @@ from __future__ import annotations
 import re
 import numpy as np
 from .core import get_logger
-from .model import prompt_ids
 from .tasks import with_history, SID_TARGET_TASKS
 
 # %% auto #0
-__all__ = ['IGNORE', 'sid_token_table', 'dense_labels', 'join_example', 'PromptTooLong', 'fit_prompt', 'tokenize_examples',
-           'tokenize_example', 'fit_prompts']
+__all__ = ['IGNORE', 'prompt_ids', 'sid_token_table', 'dense_labels', 'join_example', 'PromptTooLong', 'fit_prompt',
+           'tokenize_examples', 'tokenize_example', 'fit_prompts']
+
+# %% ../nbs/05a_encode.ipynb #life5a02
+def prompt_ids(tokenizer, prompts) -> list[list[int]]:
+    "Token ids of each prompt as SFT, decoding and RL all feed it: special tokens added, a trailing EOS dropped (tokenizers that end every text with EOS)."
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(list(prompts), add_special_tokens=True)['input_ids']
+    return [list(x[:-1]) if eos is not None and len(x) and x[-1] == eos else list(x) for x in ids]
 
 # %% ../nbs/05a_encode.ipynb #9e0abe49
 IGNORE = -100  # label of tokens that carry no loss (prompt, padding)

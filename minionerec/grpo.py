@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from .core import Config, ConfigError, patch
 from .rewards import RewardConfig, score_groups
-from .model import prompt_ids, left_pad, eos_id, pad_id
+from .model import left_pad, eos_id, pad_id
+from .encode import prompt_ids
 from .train import Schedule
 
 # %% auto #0
@@ -62,7 +63,7 @@ class GRPOConfig(Config):
     def eps_high(self) -> float: return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
 
 # %% ../nbs/12_grpo.ipynb #a77afc55
-from .tasks import RL_TASKS, rl_examples   # RL prompts are built in `05_tasks`, with the SFT prompt policy
+from .tasks import RL_TASKS   # RL prompts (`rl_examples`) are built in `05_tasks`, with the SFT prompt policy
 
 @patch
 def validate(self:GRPOConfig):
@@ -246,13 +247,3 @@ def _rows(batch:dict, rows:slice|torch.Tensor) -> dict:
     if keep.any():
         first = int(torch.nonzero(keep)[0]); out['prompt_ids'], out['prompt_mask'] = out['prompt_ids'][:, first:], out['prompt_mask'][:, first:]
     return out
-
-# %% ../nbs/12_grpo.ipynb #40b64e62
-_TRAINER_NAMES = ('RecGRPOTrainer', 'GRPOResult', 'train_grpo', 'plot_grpo_history', 'rollout_rewards', '_subset')
-
-def __getattr__(name):
-    "`from minionerec.grpo import train_grpo` (and the other trainer names) keeps working: they live in `grpo_trainer`."
-    if name in _TRAINER_NAMES:
-        from minionerec import grpo_trainer
-        return getattr(grpo_trainer, name)
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

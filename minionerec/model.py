@@ -17,7 +17,7 @@ from .rundir import ArtifactError
 
 # %% auto #0
 __all__ = ['EOS_TOKEN', 'PAD_TOKEN', 'VOCAB_MULTIPLE', 'MINILM_BACKBONE', 'CHECKPOINT_META', 'train_bpe_tokenizer', 'eos_id',
-           'pad_id', 'prompt_ids', 'left_pad', 'load_tokenizer', 'ModelConfig', 'build_tiny_model', 'load_backbone',
+           'pad_id', 'left_pad', 'load_tokenizer', 'ModelConfig', 'build_tiny_model', 'load_backbone',
            'pretrain_on_text', 'minilm_path', 'catalogue_vocab', 'cut_vocabulary', 'load_minilm', 'add_sid_tokens',
            'lora_targets', 'apply_training_mode', 'param_groups', 'prepare_model', 'count_parameters',
            'non_embedding_parameters', 'model_flops_per_token', 'serving_generation_config', 'save_checkpoint',
@@ -53,12 +53,6 @@ def pad_id(tokenizer) -> int:
     return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id(tokenizer))
 
 # %% ../nbs/06_model.ipynb #c4b253d0
-def prompt_ids(tokenizer, prompts) -> list[list[int]]:
-    "Token ids of each prompt as SFT, decoding and RL all feed it: special tokens added, a trailing EOS dropped (tokenizers that end every text with EOS)."
-    eos = tokenizer.eos_token_id
-    ids = tokenizer(list(prompts), add_special_tokens=True)['input_ids']
-    return [list(x[:-1]) if eos is not None and len(x) and x[-1] == eos else list(x) for x in ids]
-
 def left_pad(seqs:list, pad_id:int) -> tuple[torch.Tensor, torch.Tensor]:
     "Left-pad lists of ids to `(B, P)` ids and attention mask."
     P = max((len(s) for s in seqs), default=0)
@@ -495,9 +489,22 @@ def _publishable(path:Path):
     umask = os.umask(0); os.umask(umask)
     for p in [path, *path.rglob('*')]: os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
+# %% ../nbs/06_model.ipynb #life0dt1
+def _save_in_dtype(model, folder:Path, dtype:str|None=None):
+    "`model.save_pretrained(folder)`, its floating weights (and config) in `dtype` when given (the model itself is untouched)."
+    if dtype is None: return model.save_pretrained(folder)
+    dt = getattr(torch, str(dtype), None)
+    if not isinstance(dt, torch.dtype): raise ValueError(f"dtype must be a torch dtype name such as 'bfloat16', got {dtype!r}")
+    if all(p.dtype == dt for p in model.parameters() if p.is_floating_point()): return model.save_pretrained(folder)
+    model.save_pretrained(folder, state_dict={k: v.to(dt) if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    conf = read_json(folder/'config.json')
+    for k in ('dtype', 'torch_dtype'):
+        if k in conf: conf[k] = dtype
+    write_json(folder/'config.json', conf)
+
 # %% ../nbs/06_model.ipynb #05f71d29
-def save_checkpoint(model, tokenizer, path, extra:dict|None=None, merge:bool=True, index=None, num_beams:int=10) -> Path:
-    "Save model + tokenizer (+ SID `index`, a beam `generation_config.json`, `extra` in `minionerec.json`) atomically as a HF folder a server can load; LoRA: merged at the top, the adapter in `adapter/`."
+def save_checkpoint(model, tokenizer, path, extra:dict|None=None, merge:bool=True, index=None, num_beams:int=10, dtype:str|None=None) -> Path:
+    "Save model + tokenizer (+ SID `index`, a beam `generation_config.json`, `extra` in `minionerec.json`) atomically as a HF folder a server can load; LoRA: merged at the top, the adapter in `adapter/`; `dtype` (e.g. `bfloat16`): the floating weights are written in it."
     path = Path(path)
     with atomic_dir(path) as tmp, _quiet_hf():
         adapter = None
@@ -507,7 +514,7 @@ def save_checkpoint(model, tokenizer, path, extra:dict|None=None, merge:bool=Tru
             for c in model.peft_config.values(): c.base_model_name_or_path = adapter['base_model']
             with _writing(tmp/'adapter'/'adapter_model.safetensors'): model.save_pretrained(tmp/'adapter')
         else: base = model
-        with _writing(tmp/'model.safetensors'): base.save_pretrained(tmp)
+        with _writing(tmp/'model.safetensors'): _save_in_dtype(base, tmp, dtype)
         with _writing(tmp/'tokenizer.json'): tokenizer.save_pretrained(tmp)
         n_steps = None if index is None else index.n_levels + 1
         serving_generation_config(tokenizer, num_beams, n_steps).save_pretrained(tmp)

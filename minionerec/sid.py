@@ -9,12 +9,10 @@ from pathlib import Path
 from collections import defaultdict, Counter
 import numpy as np
 from .core import write_json, read_json, write_text, get_logger, find_data_root, patch
-from .sid_quality import sid_report, report_table   # the quality report (chapter 04b), importable from here
-_all_ = ['sid_report', 'report_table']
 
 # %% auto #0
 __all__ = ['LEVELS', 'sid_token', 'parse_sid', 'SIDIndex', 'published_index_path', 'CodeTrie', 'assign_distinct',
-           'build_sid_index', 'sid_report', 'report_table']
+           'build_sid_index']
 
 # %% ../nbs/04_sid.ipynb #ea4c99ca
 LEVELS = 'abcdefghijklmnopqrstuvwxyz'

@@ -1,5 +1,6 @@
 """Small SFT and GRPO runs that the tests launch under `torchrun --nproc_per_node 2` (CPU, gloo) and also call in-process
-(one process), so both sides run exactly the same code. `python tests/dist_runs.py sft|grpo OUT_DIR '{json overrides}'`.
+(one process), so both sides run exactly the same code. `python tests/dist_runs.py sft|grpo OUT_DIR '{json overrides}'`
+(`kill_at: n` stops the run after step n, as a pre-empted job).
 
 `deepspeed_on_cpu()` lets accelerate run DeepSpeed without an accelerator device: accelerate only initializes a
 process group for DeepSpeed when it finds a GPU-like device (with `cpu=True` it ignores DeepSpeed altogether), so the
@@ -39,14 +40,24 @@ def deepspeed_on_cpu(config=REPO/'configs'/'deepspeed_zero2.json'):
 
 def synthetic_world(seed:int=0):
     "The tiny synthetic catalogue and a collision-free 3-level SID index (8 codes per level)."
-    from minionerec.data import make_synthetic, SyntheticConfig
+    from minionerec.synthetic import make_synthetic, SyntheticConfig
     from minionerec.sid import SIDIndex
     data = make_synthetic(SyntheticConfig.tiny())
     flat = np.random.default_rng(seed).choice(8 ** 3, len(data.items), replace=False)
     return data, SIDIndex(np.stack([flat // 64, flat // 8 % 8, flat % 8], 1))
 
 
-def sft_run(out, **sft):
+class Killed(Exception):
+    "Raised by `kill_at`: a run stopped after a step, as a pre-empted job."
+
+def kill_at(n:int):
+    "An `on_step` that stops the run after step `n` (SFT passes its loop state, GRPO the step)."
+    def on_step(s):
+        if (s['step'] if isinstance(s, dict) else s) == n: raise Killed(f'stopped after step {n}')
+    return on_step
+
+
+def sft_run(out, on_step=None, **sft):
     "SFT of a 1-layer tiny Qwen2 on 16 examples per task of the synthetic mixture; `sft` overrides `SFTConfig` fields."
     from minionerec.model import ModelConfig, load_backbone, add_sid_tokens
     from minionerec.tasks import TaskMixConfig, build_mixture
@@ -58,7 +69,7 @@ def sft_run(out, **sft):
     mix = TaskMixConfig(max_per_task=16)
     train, valid = build_mixture(data, index, 'train', mix, seed=0), build_mixture(data, index, 'valid', mix, seed=0)
     cfg = SFTConfig(**{**dict(epochs=1, max_steps=3, global_batch_size=8, micro_batch_size=2, max_length=256), **sft})
-    return train_sft(cfg, model, tok, train, valid, out_dir=out)
+    return train_sft(cfg, model, tok, train, valid, out_dir=out, on_step=on_step)
 
 
 def grpo_world(root):
@@ -85,7 +96,8 @@ def grpo_run(root, out, reward=None, on_step=None, report_to='none', **grpo):
     from minionerec.data import load_published
     from minionerec.sid import SIDIndex
     from minionerec.model import load_checkpoint
-    from minionerec.grpo import GRPOConfig, rl_examples
+    from minionerec.grpo import GRPOConfig
+    from minionerec.tasks import rl_examples
     from minionerec.grpo_trainer import train_grpo, _subset
     from minionerec.rewards import RewardConfig
     root = Path(root)
@@ -105,7 +117,8 @@ if __name__ == '__main__':
     kw = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     torch.set_num_threads(1)
     if kw.pop('deepspeed_cpu', False): deepspeed_on_cpu()
-    if kind == 'sft': sft_run(out, **kw)
-    elif kind == 'grpo': grpo_run(kw.pop('root'), out, **kw)
+    stop = kill_at(kw.pop('kill_at')) if 'kill_at' in kw else None
+    if kind == 'sft': sft_run(out, on_step=stop, **kw)
+    elif kind == 'grpo': grpo_run(kw.pop('root'), out, on_step=stop, **kw)
     else: raise SystemExit(f'unknown run {kind!r}: sft or grpo')
     if int(os.environ.get('RANK', '0')) == 0: print(f'{kind} done: {out}', flush=True)

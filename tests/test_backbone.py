@@ -10,7 +10,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_runs import synthetic_world, grpo_run
 from minionerec.model import (ModelConfig, load_backbone, add_sid_tokens, apply_training_mode, add_dropout, save_checkpoint,
-                              load_checkpoint, load_weights, prompt_ids, left_pad, pad_id, lora_targets)
+                              load_checkpoint, load_weights, left_pad, pad_id, lora_targets)
+from minionerec.encode import prompt_ids
 torch.set_num_threads(1)
 
 PRIOR = ModelConfig(backbone='minilm', prior_layers=1, lora_r=4, lora_alpha=8)

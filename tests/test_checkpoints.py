@@ -20,7 +20,8 @@ def _plain_logits(path, prompts):
 
 
 def _logits(model, tok, prompts):
-    from minionerec.model import prompt_ids, left_pad
+    from minionerec.model import left_pad
+    from minionerec.encode import prompt_ids
     ids, mask = left_pad(prompt_ids(tok, prompts), tok.pad_token_id)
     model.eval()
     with torch.no_grad(): return model(input_ids=ids, attention_mask=mask).logits
@@ -87,3 +88,27 @@ def test_grpo_checkpoint_serves(tmp_path):
     from minionerec.decoding import SIDTrie, sid_beam_search
     out = sid_beam_search(res.model, tok, prompts, SIDTrie.from_index(index, tok), num_beams=5)
     assert (out.items >= 0).all() and out.n_duplicates() == 0
+
+
+def _dtypes(path) -> set:
+    from safetensors.torch import load_file
+    return {str(v.dtype).replace('torch.', '') for v in load_file(Path(path)/'model.safetensors').values() if v.is_floating_point()}
+
+
+def test_bf16_runs_save_best_in_bf16_and_last_in_fp32(tmp_path):
+    """bf16 training (autocast with fp32 master weights; CPU has bf16 autocast): the best checkpoint and GRPO's final
+    checkpoint are written in bf16 (the training dtype, what a server loads) and load as bf16, while the resumable `last`
+    keeps the fp32 master weights, so a resume continues exactly."""
+    from minionerec.core import read_json
+    from minionerec.model import load_checkpoint
+    from dist_runs import sft_run
+    res = sft_run(tmp_path/'sft', bf16=True, max_steps=2, eval_every=1, patience=0)
+    assert res.plan['mixed_precision'] == 'bf16' and res.plan['master_weights'] == 'float32'
+    assert _dtypes(res.best_checkpoint) == {'bfloat16'} and _dtypes(res.last_checkpoint) == {'float32'}
+    assert read_json(res.best_checkpoint/'config.json')['dtype'] == 'bfloat16'
+    assert {p.dtype for p in load_checkpoint(res.best_checkpoint)[0].parameters()} == {torch.bfloat16}
+    rl = grpo_run(grpo_world(tmp_path/'world'), tmp_path/'rl', bf16=True, max_steps=2, save_every=1, keep_best=True)
+    assert read_json(tmp_path/'rl'/'summary.json')['precision']['mixed_precision'] == 'bf16'
+    assert _dtypes(tmp_path/'rl'/'checkpoint') == _dtypes(tmp_path/'rl'/'best') == {'bfloat16'}
+    assert _dtypes(tmp_path/'rl'/'last') == {'float32'}
+    assert {p.dtype for p in rl.model.parameters()} == {torch.float32}        # the returned policy keeps its fp32 masters

@@ -400,7 +400,8 @@ def _yaml(path, text):
 
 def test_industrial_preset_on_your_tables(shop, tmp_path):
     "A YAML with `preset: industrial` + a data section: only the data changes; prepare writes the layout and the counts."
-    from minionerec.pipeline import load_config, preset, run_pipeline
+    from minionerec.pipeline import run_pipeline
+    from minionerec.presets import load_config, preset
     ev, it = shop
     cfg = load_config(_yaml(tmp_path/'my.yaml', f'preset: industrial\nrun_dir: {tmp_path/"run"}\ndata:\n  source: interactions\n'
                             f'  interactions: {ev}\n  items: {it}\n  protocol: {{user_k: 3, item_k: 2}}\n'))
@@ -417,7 +418,8 @@ def test_industrial_preset_on_your_tables(shop, tmp_path):
 def test_edited_source_reruns_prepare(shop, tmp_path):
     "Stale copies: the source files' size and mtime are in the prepare fingerprint."
     import os
-    from minionerec.pipeline import load_config, run_pipeline
+    from minionerec.pipeline import run_pipeline
+    from minionerec.presets import load_config
     ev, it = shop
     cfg = load_config('tiny', [f'run_dir={tmp_path/"run"}', 'data.source=interactions', f'data.interactions={ev}', f'data.items={it}',
                                'data.protocol.user_k=3', 'data.protocol.item_k=2'])
@@ -431,7 +433,8 @@ def test_edited_source_reruns_prepare(shop, tmp_path):
 
 def test_failed_prepare_leaves_nothing(toy_layout, tmp_path):
     "A header-only split fails the prepare stage naming the file, and no prepare/data is left behind (issue 14, BAD 7)."
-    from minionerec.pipeline import load_config, run_pipeline
+    from minionerec.pipeline import run_pipeline
+    from minionerec.presets import load_config
     root, p, _ = toy_layout
     p.write_text(p.read_text().splitlines()[0] + '\n')
     cfg = load_config('tiny', [f'run_dir={tmp_path/"run"}', 'data.source=published', f'data.path={root}'])

@@ -103,7 +103,7 @@ def test_sidebar_prev_next_and_search(rendered):
         assert b.errors == [] and b.external() == []
 
 def _explorer_index():
-    from minionerec.data import make_synthetic, SyntheticConfig
+    from minionerec.synthetic import make_synthetic, SyntheticConfig
     from minionerec.sid import build_sid_index
     data = make_synthetic(SyntheticConfig.tiny())
     rng = np.random.default_rng(0)
@@ -159,7 +159,7 @@ def test_sid_explorer_in_the_docs(rendered):
         assert b.errors == [] and b.external() == []
 
 LIVE_NB = '''import numpy as np
-from minionerec.data import make_synthetic, SyntheticConfig
+from minionerec.synthetic import make_synthetic, SyntheticConfig
 from minionerec.sid import build_sid_index
 from minionerec.sid_explorer import sid_explorer
 d = make_synthetic(SyntheticConfig.tiny()); rng = np.random.default_rng(0)

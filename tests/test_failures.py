@@ -149,7 +149,8 @@ def test_download_of_an_unknown_name_says_so_and_creates_nothing(tmp_path, capsy
     assert not (tmp_path/'data').exists()
 
 def test_several_datasets_in_one_folder_point_at_data_name(tmp_path):
-    from minionerec.data import make_synthetic, write_published, SyntheticConfig
+    from minionerec.data import write_published
+    from minionerec.synthetic import make_synthetic, SyntheticConfig
     for name in ('Toys', 'Tools'): write_published(make_synthetic(SyntheticConfig.tiny().replace(n_users=40, name=name)), tmp_path/'data')
     line = one_line(cli('prepare', '--config', 'tiny', '--run-dir', str(tmp_path/'run'), '--set', 'data.source=published',
                         '--set', f'data.path={tmp_path/"data"}'))

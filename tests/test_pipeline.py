@@ -148,7 +148,7 @@ def test_evaluate_and_rl_stages_under_torchrun_match_one_process(tiny_run, tmp_p
 
 def test_demo_yaml_is_the_demo_preset():
     "configs/demo.yaml (the README's main job) spells out every key: it must stay equal to the preset it documents."
-    from minionerec.pipeline import load_config, preset
+    from minionerec.presets import load_config, preset
     assert load_config(str(REPO/'configs'/'demo.yaml')) == preset('demo'), 'regenerate: minionerec config --config demo'
 
 def test_sft_selects_on_validation_ndcg(tiny_run, tmp_path):

@@ -271,7 +271,8 @@ def _sft(toy_sft, out, lr):
 def test_sft_divergence_stops_naming_the_step(toy_sft, tmp_path):
     import torch
     from minionerec.train import DivergenceError
-    from minionerec.sft import load_weights, toy_backbone
+    from minionerec.sft import toy_backbone
+    from minionerec.model import load_weights
     with pytest.raises(DivergenceError, match=r'sft: the training loss is nan at step 2 \(learning rate 1e\+30\): the weights diverged, '
                                               r'so training stopped before saving them; lower sft.lr'):
         _sft(toy_sft, tmp_path, lr=1e30)
@@ -283,7 +284,9 @@ def test_sft_that_never_beats_its_start_says_so(toy_sft, tmp_path):
     with _Lines() as lines: res = _sft(toy_sft, tmp_path, lr=5.0)
     assert res.best_step == 0 and res.steps == 9
     assert any(l.startswith('SFT NEVER BEAT ITS STARTING POINT') for l in lines), lines
-    from minionerec.pipeline import RunContext, stage_report, preset
+    from minionerec.pipeline import RunContext
+    from minionerec.compare import stage_report
+    from minionerec.presets import preset
     from minionerec.core import write_json
     run = tmp_path/'run'
     write_json(run/'sft'/'DONE.json', {'stage': 'sft', 'seconds': 1.0, 'metrics': {'steps': 9, 'best_step': 0, 'monitor': 'rec'}})

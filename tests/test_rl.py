@@ -152,7 +152,6 @@ def test_deepspeed_zero2_two_cpu_processes(world):
     """GRPO under ZeRO-2 on 2 CPU processes: the trainer builds (its schedule is made before `prepare`, so the ZeRO
     optimizer is no obstacle), the engine takes one update per step with 2 micro-batches per process, and the first step's
     statistics equal the 1-process run's."""
-    pytest.importorskip('deepspeed')
     root = world
     p = _torchrun(root, root/'ds', timeout=400, deepspeed_cpu=True, prompts_per_step=8, micro_batch=2, max_steps=2)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-4000:]

@@ -10,7 +10,8 @@ import torch
 
 from minionerec.core import ConfigError, read_json
 from minionerec.model import ModelConfig, apply_training_mode
-from minionerec.sft import SFTConfig, load_weights, sft_loss, toy_backbone, toy_examples, train_sft
+from minionerec.sft import SFTConfig, sft_loss, toy_backbone, toy_examples, train_sft
+from minionerec.model import load_weights
 from minionerec.train import batch_plan
 sys.path.insert(0, str(Path(__file__).parent))
 from dist_runs import sft_run
@@ -124,7 +125,7 @@ def test_frozen_mode_changes_only_sid_rows(toy, tmp_path):
 def test_paper_precision_trains_every_weight_at_lr_1e5(toy, tmp_path):
     """The paper preset's precision (bf16 backbone weights, `bf16=True`) at lr 1e-5: fp32 master weights with bf16 autocast,
     so every trained weight moves within 3 steps (AdamW on the bf16 weights themselves leaves most unchanged)."""
-    from minionerec.pipeline import preset
+    from minionerec.presets import preset
     paper = preset('paper')
     ex, index, texts = toy
     model, tok, _ = toy_backbone(index, texts, seed=5, dtype=paper.model.dtype)
@@ -168,7 +169,6 @@ def test_deepspeed_zero2_two_cpu_processes(tmp_path):
     """ZeRO-2 (configs/deepspeed_zero2.json, its `auto` fields filled from our plan) on 2 CPU processes: the engine steps
     the optimizer once per global batch (not once per micro-batch), the prepared scheduler follows our schedule, and the
     first loss equals the DDP run's (same weights, same batch)."""
-    pytest.importorskip('deepspeed')
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'OMP_WAIT_POLICY': 'PASSIVE', 'MINIONEREC_QUIET': '1'}
     p = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                         str(Path(__file__).parent/'dist_runs.py'), 'sft', str(tmp_path/'ds'), json.dumps({'deepspeed_cpu': True, 'warmup_ratio': 0.5})],
@@ -231,3 +231,23 @@ def test_loss_lines_and_tensorboard(toy, tmp_path):
     assert (tmp_path/'sft'/'best'/'index.json').exists() and (tmp_path/'sft'/'last'/'index.json').exists()
     with pytest.raises(ConfigError, match="report_to must be one of"):
         train_sft(cfg, model, tok, ex, ex[:6], out_dir=tmp_path/'x', report_to='tensorbord')
+
+
+def test_tracking_settings_come_from_the_config(toy, tmp_path, monkeypatch):
+    """Tracker project / entity / run group / tags are config keys (`PipelineConfig.tracking`, a `train.TrackingConfig`)
+    that `train_sft` / `train_grpo` hand to accelerate's `init_trackers`; checked without network: the arguments each
+    tracker gets, and the settings reaching the tracker start of a TensorBoard run."""
+    import minionerec.train as T
+    from minionerec.presets import load_config
+    pc = load_config('tiny', ['tracking.project=recs', 'tracking.entity=team', 'tracking.group=sweep', 'tracking.tags=[industrial, qwen]'])
+    assert pc.tracking == T.TrackingConfig(project='recs', entity='team', group='sweep', tags=['industrial', 'qwen'])
+    assert T.tracker_init('wandb', tmp_path/'run'/'sft', pc.tracking) == ('recs', {'wandb': {
+        'dir': str(tmp_path/'run'/'sft'), 'name': 'run/sft', 'entity': 'team', 'group': 'sweep', 'tags': ['industrial', 'qwen']}})
+    assert T.tracker_init('mlflow', tmp_path/'run'/'rl', pc.tracking)[1]['mlflow']['tags'] == {'group': 'sweep', 'industrial': 'true', 'qwen': 'true'}
+    seen, orig = [], T.tracker_init
+    monkeypatch.setattr(T, 'tracker_init', lambda r, o, t=None: seen.append((r, Path(o).name, t)) or orig(r, o, t))
+    ex, index, texts = toy
+    model, tok, _ = toy_backbone(index, texts, seed=3)
+    cfg = SFTConfig.tiny().replace(epochs=1, global_batch_size=8, micro_batch_size=8, patience=0)
+    train_sft(cfg, model, tok, ex, ex[:6], out_dir=tmp_path/'sft', report_to='tensorboard', tracking=pc.tracking)
+    assert seen == [('tensorboard', 'sft', pc.tracking)] and (tmp_path/'sft'/'tensorboard').is_dir()

@@ -4,8 +4,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import pytest
-from minionerec.sid import (SIDIndex, CodeTrie, build_sid_index, assign_distinct, parse_sid, sid_token, sid_report,
-                            report_table)
+from minionerec.sid import SIDIndex, CodeTrie, build_sid_index, assign_distinct, parse_sid, sid_token
+from minionerec.sid_quality import sid_report, report_table
 from minionerec.sid_explorer import (sid_tree_nodes, sid_tree_figure, save_explorer_html, sid_explorer, explorer_data,
                                      search_items, level_stats, collision_stats)
 

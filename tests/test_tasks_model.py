@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from minionerec.data import make_synthetic, SyntheticConfig, load_published
+from minionerec.data import load_published
+from minionerec.synthetic import make_synthetic, SyntheticConfig
 from minionerec.sid import SIDIndex
 from minionerec.tasks import (RESPONSE_HEADER, TASKS, SID_TARGET_TASKS, TaskMixConfig, build_mixture, task_counts,
                               task_examples, rec_examples, leaked, format_prompt, INSTRUCTIONS, with_history)

@@ -301,7 +301,7 @@ def plot_sdpo_history(history:pd.DataFrame, evals:pd.DataFrame|None=None, path=N
     if path is not None: save_fig(fig, path)
     return fig
 
-# %% ../nbs/12c_dpo.ipynb #bddbf1ea
+# %% ../nbs/12c_dpo.ipynb #607ae037
 def dpo_verdict(m:dict) -> str:
     "One line of a dpo stage's record: kept step, cost, and the full-validation and test differences against SFT with their intervals."
     boot = lambda sp: next((b for b in m.get('bootstrap', {}).get(sp, []) if b['metric'] == 'NDCG@10'), None)
@@ -317,7 +317,7 @@ def dpo_lines(m:dict) -> list[str]:
     "Markdown of a dpo stage's record for the run report: the verdict and SFT vs SFT+S-DPO per split (user-resampled paired bootstrap)."
     if not m.get('enabled'): return []
     name = m['model'][11:]
-    lines = [f'## SFT vs {name}', '', f"**{name}:** {m['verdict']}.", '',
+    lines = [f'## SFT vs {name}', '', f"**Verdict:** {m['verdict']}.", '',
              f'| split | metric | SFT | {name} | difference | 95% interval (users) | P(better) | P(worse) |', '|---|---|---:|---:|---:|---|---:|---:|']
     for sp, bs in m['bootstrap'].items():
         lines += [f"| {sp} | {b['metric']} | {b['a']:.4f} | {b['b']:.4f} | {b['delta']:+.4f} | [{b['lo']:+.4f}, {b['hi']:+.4f}] | "

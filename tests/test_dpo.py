@@ -131,7 +131,8 @@ def _cli(*args):
 def test_pipeline_row_appears_when_enabled_and_not_otherwise(tmp_path):
     "The tiny pipeline with `dpo.enabled=true`: the dpo stage's row in the results, the bootstrap table (vs SFT) and the report; switched off, the row is gone."
     run = tmp_path/'run'
-    quick = ['baselines.mf=null', 'baselines.tiger=null', 'baselines.hstu=null', 'stages=[prepare,embed,sid,sft,evaluate,dpo,report]']
+    quick = [a for o in ('baselines.mf=null', 'baselines.tiger=null', 'baselines.hstu=null', 'stages=[prepare,embed,sid,sft,evaluate,dpo,report]')
+             for a in ('--set', o)]
     r = _cli('pipeline', '--config', 'tiny', '--run-dir', str(run), '--set', 'dpo.enabled=true', *quick)
     assert r.returncode == 0, r.stderr[-3000:]
     name = 'MiniOneRec SFT+S-DPO'

@@ -24,7 +24,7 @@ __all__ = ['SDPOConfig', 'row_name', 'sdpo_loss', 'dpo_loss', 'random_negatives'
            'sequence_logprobs', 'RecSDPOTrainer', 'SDPOResult', 'step_prompts', 'train_sdpo', 'plot_sdpo_history',
            'dpo_verdict', 'dpo_lines', 'stage_dpo']
 
-# %% ../nbs/12c_dpo.ipynb #a2c61ef9
+# %% ../nbs/12c_dpo.ipynb #7627c0f0
 @dataclass
 class SDPOConfig(Config):
     "DPO / S-DPO from the SFT checkpoint on the rl stage's prompts (the pipeline's `dpo:` section; see the chapter)."
@@ -33,6 +33,7 @@ class SDPOConfig(Config):
     negatives: int = 4                 # negatives per prompt (S-DPO); 'dpo' uses 1
     negative_source: Literal['beam', 'random'] = 'beam'  # 'beam': the SFT model's constrained beams that are not the target; 'random': uniform catalogue items other than the target
     beta: float = 1.0                  # scale of the implicit reward beta * log(pi / pi_ref) of a completion
+    sft_weight: float = 0.0            # + sft_weight x the target's mean per-token NLL: an SFT anchor against the fall of the target's likelihood (as RPO; 0 = pure S-DPO)
     prompts_per_step: int = 64         # global prompts per optimizer update, all processes together
     micro_batch: int = 8               # prompts per forward/backward on one process (x 1 + negatives sequences)
     epochs: float = 1.0                # passes over the training prompts
@@ -57,7 +58,7 @@ class SDPOConfig(Config):
 
     def validate(self):
         self.check_fields(negatives='>=1', prompts_per_step='>=1', micro_batch='>=1', epochs='>=0', max_steps='>=1', beta='>0', lr='>0',
-                          weight_decay='>=0', warmup_ratio='[0,1)', max_grad_norm='>=0', beam_batch_size='>=1', eval_every='>=0',
+                          sft_weight='>=0', weight_decay='>=0', warmup_ratio='[0,1)', max_grad_norm='>=0', beam_batch_size='>=1', eval_every='>=0',
                           eval_beams='>=1', eval_max_users='>=1', max_minutes='>0', log_every='>=1', seed='>=0')
         if self.prompts_per_step % self.micro_batch: raise ConfigError(f'SDPOConfig.prompts_per_step ({self.prompts_per_step}) must be a multiple of micro_batch ({self.micro_batch})')
         if self.epochs == 0 and self.max_steps is None: raise ConfigError('SDPOConfig.epochs must be > 0 (or set max_steps)')
@@ -149,7 +150,7 @@ class RecSDPOTrainer:
     @property
     def updates(self) -> int: return updates_applied(self.model, self._updates)
 
-# %% ../nbs/12c_dpo.ipynb #a5879c1d
+# %% ../nbs/12c_dpo.ipynb #684aeecd
 @patch
 def make_batch(self:RecSDPOTrainer, examples:list, step:int) -> dict:
     "Negatives of `examples` (from the reference's beams, or random), the preference batch on the device and the reference's log-probs (N,)."
@@ -169,15 +170,16 @@ def _slices(self:RecSDPOTrainer, batch:dict) -> list[slice]:
     return [slice(s, min(n, s + per)) for s in range(0, n, per)]
 
 @patch
-def pref_loss(self:RecSDPOTrainer, logp:torch.Tensor, ref:torch.Tensor, R:int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-prompt losses (b,) and reward margins (b,) (beta (r_pos - max_j r_j)) of sequence log-probs `logp`, `ref` (b*R,) in groups of R."
+def pref_loss(self:RecSDPOTrainer, logp:torch.Tensor, ref:torch.Tensor, R:int, pos_len:torch.Tensor|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-prompt losses (b,) (plus `sft_weight` x the target's NLL per token, `pos_len` (b,) tokens) and reward margins (b,) (beta (r_pos - max_j r_j)) of sequence log-probs `logp`, `ref` (b*R,) in groups of R."
     lp, rf = logp.view(-1, R), ref.view(-1, R)
     fn = sdpo_loss if self.cfg.loss == 'sdpo' else lambda a, b, c, d, beta: dpo_loss(a, b[:, 0], c, d[:, 0], beta)
     loss = fn(lp[:, 0], lp[:, 1:], rf[:, 0], rf[:, 1:], self.cfg.beta)
+    if self.cfg.sft_weight > 0: loss = loss - self.cfg.sft_weight * lp[:, 0] / pos_len.clamp(min=1)
     r = (lp - rf).detach() * self.cfg.beta
     return loss, r[:, 0] - r[:, 1:].max(1).values
 
-# %% ../nbs/12c_dpo.ipynb #62141c99
+# %% ../nbs/12c_dpo.ipynb #03d2e581
 @patch
 def step(self:RecSDPOTrainer, examples:list, step:int) -> dict:
     "One optimizer update on this process's `examples`: negatives, reference log-probs, accumulated S-DPO / DPO loss; statistics over all processes."
@@ -188,7 +190,7 @@ def step(self:RecSDPOTrainer, examples:list, step:int) -> dict:
     for sl in self._slices(b):
         with acc.accumulate(self.model):
             logp = sequence_logprobs(self.model, b, sl)
-            loss, margin = self.pref_loss(logp, b['ref_logp'][sl], b['R'])
+            loss, margin = self.pref_loss(logp, b['ref_logp'][sl], b['R'], b['completion_mask'][sl].sum(1).view(-1, b['R'])[:, 0])
             acc.backward(loss.sum() / n_local * self.accum)                # the mean over this process's prompts; DDP averages processes
             if acc.sync_gradients:
                 gn = acc.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float('inf'))

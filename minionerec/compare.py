@@ -142,9 +142,9 @@ def report_comparisons(ctx, results:dict) -> dict|None:
     return {'split': ev, 'rows': rows[ev], 'rows_by_split': rows, 'resamples': BOOTSTRAP_RESAMPLES, 'seed': ctx.cfg.seed,
             'resampled': 'users', 'rl_sft_rows_differ': differ, 'table': table}
 
-# %% ../nbs/13c_compare.ipynb #38503352
+# %% ../nbs/13c_compare.ipynb #a24dc6c5
 def run_metrics(run_dir, eval_split:str='test') -> dict:
-    "`{split: {model: metrics}}` of a run directory, from the `evaluate` and `rl` stages' `metrics.json` (`eval_split`) and `metrics_valid.json` (valid)."
+    "`{split: {model: metrics}}` of a run directory, from the `evaluate`, `rl` and (optional) `dpo` stages' `metrics.json` (`eval_split`) and `metrics_valid.json` (valid)."
     out = {}
     for stage in ('evaluate', 'rl', 'dpo'):
         for sp, name in ((eval_split, 'metrics.json'), ('valid', 'metrics_valid.json')):

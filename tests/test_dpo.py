@@ -88,6 +88,17 @@ def test_a_few_steps_move_the_policy_towards_the_target(world, loss):
     after = _margin(res.model, world, ex, neg)               # the same negatives: the SFT model's beams are deterministic
     assert after > before + 0.1, (before, after)
 
+def test_sft_anchor_adds_the_targets_nll_per_token(world):
+    "`sft_weight` adds sft_weight x (-log pi(target)) / target tokens to each prompt's S-DPO loss, nothing else."
+    from minionerec.dpo import RecSDPOTrainer
+    tr = RecSDPOTrainer(SDPOConfig.tiny().replace(sft_weight=2.0), copy.deepcopy(world['model']), world['tok'], world['index'], world['trie'])
+    lp = torch.tensor([-8., -9., -10., -11., -4., -5., -6., -7.]); ref = lp - 0.1 * torch.arange(8)
+    loss, margin = tr.pref_loss(lp, ref, 4, torch.tensor([4, 4]))
+    plain = sdpo_loss(lp.view(2, 4)[:, 0], lp.view(2, 4)[:, 1:], ref.view(2, 4)[:, 0], ref.view(2, 4)[:, 1:], 1.0)
+    torch.testing.assert_close(loss, plain + 2.0 * torch.tensor([8., 4.]) / 4)
+    r = (lp - ref).view(2, 4)
+    torch.testing.assert_close(margin, r[:, 0] - r[:, 1:].max(1).values)
+
 def test_keep_best_returns_the_starting_weights_when_nothing_beats_them(world, tmp_path):
     "lr that wrecks the model: validation never beats step 0, so the returned weights are the starting ones and the files say so."
     cfg = SDPOConfig.tiny().replace(max_steps=2, lr=5.0, max_grad_norm=0, eval_every=1, keep_best=True, eval_max_users=16)

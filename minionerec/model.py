@@ -524,12 +524,14 @@ def save_checkpoint(model, tokenizer, path, extra:dict|None=None, merge:bool=Tru
         _publishable(tmp)
     return path
 
-# %% ../nbs/06_model.ipynb #ad6e7724
+# %% ../nbs/06_model.ipynb #fbf3ba86
 def load_checkpoint(path, dtype:str|None=None, device=None):
     "`(model, tokenizer)` from `save_checkpoint` (or any HF folder); the tokenizer gives the ids it was saved with; LoRA checkpoints load merged."
     from transformers import AutoModelForCausalLM
     path = Path(path)
     if not (path/'config.json').exists(): raise FileNotFoundError(f'{path}: not a checkpoint (no config.json)')
+    try: json.loads((path/'config.json').read_text(encoding='utf-8'))
+    except ValueError as e: raise ArtifactError(path/'config.json', f'truncated or corrupt JSON ({e})') from None   # names the stage to rerun
     tokenizer = load_tokenizer(path)
     with _reading(path/'model.safetensors'): model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype) if dtype else 'auto')
     ad = checkpoint_meta(path).get('adapter')

@@ -35,6 +35,7 @@ from .hstu import HSTUConfig
 from .rewards import RewardConfig
 from .grpo import GRPOConfig
 from .grpo_trainer import train_grpo, explain_run, explain_line
+from .dpo import SDPOConfig, stage_dpo   # the optional preference-learning row (chapter 12c)
 from .tasks import rl_examples
 from .encode import fit_prompts
 from .compare import stage_evaluate, compare_rl, stage_report, seeds_summary   # the comparing stages (chapter 13c)
@@ -103,7 +104,7 @@ class SIDSection(Config):
     rqkmeans: RQKMeansConfig = field(default_factory=RQKMeansConfig)
     resolve: Literal['hungarian', 'sinkhorn', 'nearest'] = 'hungarian'  # collision resolution of `build_sid_index`
 
-# %% ../nbs/13_pipeline.ipynb #a22ba2f3
+# %% ../nbs/13_pipeline.ipynb #23d410a0
 @dataclass
 class BaselinesSection(Config):
     "Which baselines the evaluate stage trains and scores on the same split with the same metric code."
@@ -128,6 +129,9 @@ class PipelineConfig(Config):
     select_beams: int = 20        # beams of that decoding (at least the metric's K)
     report_to: Literal['none', 'tensorboard', 'wandb', 'trackio', 'mlflow'] = 'none'  # live tracking of SFT and RL (TensorBoard: event files in <run_dir>/<stage>/tensorboard)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)  # where the tracker files the runs: project, entity, group, tags
+    budget_minutes: float|None = None  # preset 'auto': wall-clock minutes the whole pipeline is sized to (13b_presets: `fit_to_data`)
+    fitted: dict[str, str] = field(default_factory=dict)  # preset 'auto': each setting the budget rule chose -> 'value: reason' (written by the rule)
+    planned_minutes: dict[str, float] = field(default_factory=dict)  # preset 'auto': the rule's predicted minutes per stage (2 idle CPU cores)
     data: DataSection = field(default_factory=DataSection)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     sid: SIDSection = field(default_factory=SIDSection)
@@ -137,6 +141,7 @@ class PipelineConfig(Config):
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselinesSection = field(default_factory=BaselinesSection)
     rl: GRPOConfig = field(default_factory=GRPOConfig)
+    dpo: SDPOConfig = field(default_factory=SDPOConfig)  # the optional dpo stage: DPO / S-DPO from the SFT checkpoint on the rl stage's prompts (off unless dpo.enabled)
     rewards: RewardConfig = field(default_factory=RewardConfig)
 
     def validate(self):
@@ -168,6 +173,11 @@ class PipelineConfig(Config):
     def collab_scorer(self) -> SASRecConfig|None:
         "The collaborative reward's frozen scorer (SASRec with `baselines.sasrec`, default settings when that is null) when `rewards.collab > 0`, else None; the rl stage's fingerprint includes it."
         return (self.baselines.sasrec or SASRecConfig()) if self.rewards.collab > 0 else None
+
+    @property
+    def dpo_inputs(self) -> dict|None:
+        "What the dpo stage reads besides `dpo` when `dpo.enabled`: the rl stage's prompt tasks and the `eval` section (None when off: a skipped stage never reruns)."
+        return {'tasks': list(self.rl.tasks), 'eval': self.eval.to_dict()} if self.dpo.enabled else None
 
 # %% ../nbs/13_pipeline.ipynb #6fd677c1
 SEEDLESS_SECTIONS = ('data',)   # the data section's seeds define the dataset (the synthetic generator), not the run's randomness
@@ -420,7 +430,7 @@ def stage_rl(ctx:RunContext, out:Path) -> dict:
     return {'steps': res.steps, 'best_step': res.best_step, 'wall_seconds': round(res.wall_seconds, 1),
             'train_prompts': len(train), 'explain': ex, 'verdict': verdict, **comp}
 
-# %% ../nbs/13_pipeline.ipynb #9dde6b7f
+# %% ../nbs/13_pipeline.ipynb #c288970f
 STAGES = [
     Stage('prepare', stage_prepare, ('data', 'seed'), (), ('data', 'dataset_report.json')),
     Stage('embed', stage_embed, ('embed',), ('prepare',), ('embeddings.npy',)),
@@ -428,6 +438,7 @@ STAGES = [
     Stage('sft', stage_sft, ('model', 'tasks', 'sft', 'seed', 'max_valid_examples', 'select_users', 'select_beams'), ('prepare', 'sid'), ('history.csv',)),
     Stage('evaluate', stage_evaluate, ('eval', 'baselines'), ('prepare', 'sid', 'sft'), ('metrics.json', 'results.md', 'ranks.csv')),
     Stage('rl', stage_rl, ('rl', 'rewards', 'eval', 'collab_scorer'), ('prepare', 'sid', 'sft'), ('checkpoint', 'metrics.json', 'ranks.csv')),
+    Stage('dpo', stage_dpo, ('dpo', 'dpo_inputs'), ('prepare', 'sid', 'sft'), ('summary.json',)),   # optional: `dpo.enabled`
     Stage('report', stage_report, (), ('prepare',), ('report.md',)),
 ]
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -459,6 +470,7 @@ def check_config(cfg:PipelineConfig, stages) -> None:
     if {'evaluate', 'rl'} & set(stages) and STAGE['sid'].is_complete(rd, stage_fingerprints(cfg)['sid']):   # the index they will read
         n = len(read_json(rd/'sid'/'index.json'))
         if 'rl' in stages and n < cfg.rl.num_generations: raise ConfigError(f'rl.num_generations ({cfg.rl.num_generations}) exceeds the {n} items of {rd}/sid/index.json')
+        if 'dpo' in stages and cfg.dpo.enabled and n <= cfg.dpo.k: raise ConfigError(f'dpo.negatives ({cfg.dpo.k}) needs more than {cfg.dpo.k} items; {rd}/sid/index.json has {n}')
         if n < cfg.eval.num_beams: raise ConfigError(f'eval.num_beams ({cfg.eval.num_beams}) exceeds the {n} items of {rd}/sid/index.json: a ranked list holds each item once')
     if (rd/'sid'/'index.json').exists() and (rd/'sft'/'DONE.json').exists() and 'sid' not in stages:
         fps = stage_fingerprints(cfg)

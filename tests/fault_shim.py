@@ -26,7 +26,7 @@ _RUN = os.path.realpath(_env('MINIONEREC_FAULT_RUN', '/nonexistent'))
 _ROOTS = [_RUN] + [os.path.realpath(p) for p in (_env('MINIONEREC_FAULT_ROOTS') or '').split(os.pathsep) if p]
 _LOG, _STAGE, _KIND = _env('MINIONEREC_FAULT_LOG'), _env('MINIONEREC_FAULT_STAGE'), _env('MINIONEREC_FAULT_KIND', 'kill')
 _AT = int(_env('MINIONEREC_FAULT_AT') or 0)
-_STAGES = ('prepare', 'embed', 'sid', 'sft', 'evaluate', 'rl', 'report')
+_STAGES = ('prepare', 'embed', 'sid', 'sft', 'evaluate', 'rl', 'dpo', 'report')
 _open, _replace, _rename = builtins.open, os.replace, os.rename
 _state = {'stage': 'setup', 'n': {}, 'fired': False}
 

@@ -19,7 +19,7 @@ import csv, gzip, hashlib, io, json, os, random, re, shutil, subprocess, sys, ti
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ('prepare', 'embed', 'sid', 'sft', 'evaluate', 'rl', 'report')
+STAGES = ('prepare', 'embed', 'sid', 'sft', 'evaluate', 'rl', 'dpo', 'report')
 KINDS = ('kill', 'enospc', 'eio', 'sigterm')
 CAUSE = {'enospc': 'no space left on device', 'eio': 'input/output error'}
 FAULT_NAME = {'kill': 'kill', 'sigterm': 'SIGTERM', 'enospc': 'disk-full', 'eio': 'I/O-error'}

@@ -1,4 +1,4 @@
-"""`python -m minionerec ...` = the `minionerec` console script (written by hand, like `__init__.py`; see nbs/13a_cli.ipynb)."""
+"""`python -m minionerec ...` = the `minionerec` console script (written by hand, like `__init__.py`; see nbs/13c_cli.ipynb)."""
 import sys
 from minionerec.cli import main
 

@@ -402,7 +402,7 @@ def rollout_rewards(model, tokenizer, examples:list, trie, num_generations:int=1
     ro = Rollout.from_examples(examples, items, scores)
     return rewards_frame(score_groups(ro.items, ro.targets, reward_cfg or RewardConfig(), scorer, ro.histories, codes=codes), ro.tasks, phase)
 
-RL_DIST_PROMPTS = 256   # validation prompts per RL task whose rollout rewards the rl stage compares before / after RL (13c)
+RL_DIST_PROMPTS = 256   # validation prompts per RL task whose rollout rewards the rl stage compares before / after RL (12d)
 
 def reward_distributions(models:dict, tokenizer, examples:list, trie, cfg:GRPOConfig, reward_cfg:RewardConfig, out=None, scorer=None, codes=None) -> pd.DataFrame:
     """Rewards of each model's constrained-beam groups on the same `examples` (decoded sharded over the processes): the

@@ -38,7 +38,7 @@ from .grpo_trainer import train_grpo, explain_run, explain_line
 from .dpo import SDPOConfig, stage_dpo   # the optional preference-learning row (chapter 12c)
 from .tasks import rl_examples
 from .encode import fit_prompts
-from .compare import stage_evaluate, compare_rl, stage_report, seeds_summary   # the comparing stages (chapter 13c)
+from .compare import stage_evaluate, compare_rl, stage_report, seeds_summary   # the comparing stages (chapter 12d)
 
 # %% auto #0
 __all__ = ['RAW_SOURCES', 'SEEDLESS_SECTIONS', 'RANKING_METRICS', 'STAGES', 'STAGE_NAMES', 'STAGE', 'DISTRIBUTED_STAGES',

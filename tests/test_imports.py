@@ -12,8 +12,6 @@ REPO = Path(__file__).resolve().parents[1]
 KNOWN = {
     ('baselines', 'hstu'): 'compare_baselines trains HSTU (10c), which builds on baselines: belongs in a later chapter',
     ('baselines', 'tiger'): 'compare_baselines trains TIGER (10a): belongs in a later chapter',
-    ('cli', 'presets'): 'the CLI (13a) reads configs with presets (13b): the chapters are in the wrong order',
-    ('pipeline', 'compare'): 'the stage table (13) runs the comparing stages of 13c',
 }
 
 

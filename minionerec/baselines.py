@@ -21,7 +21,7 @@ from .evaluate import evaluate_rankings, rank_metrics, write_report, EvalResult
 __all__ = ['planted_data', 'popularity_counts', 'popularity_ranking', 'evaluate_popularity', 'SASRec', 'GRU4Rec', 'MF',
            'user_sequences', 'training_samples', 'SASRecConfig', 'GRU4RecConfig', 'MFConfig', 'seq_scores',
            'seq_ranking', 'sasrec_ranking', 'seq_loss', 'train_seqrec', 'train_sasrec', 'train_gru4rec', 'train_mf',
-           'sasrec_scorer', 'compare_baselines']
+           'sasrec_scorer']
 
 # %% ../nbs/10_baselines.ipynb #d8ae498b
 def planted_data(n_users:int=300, n_items:int=40, seq_len:int=12, p_follow:float=0.9, max_hist:int=10, seed:int=0):
@@ -347,64 +347,3 @@ def sasrec_scorer(model) -> Callable:
         (_, sc), = list(seq_scores(model, [list(history)]))
         return sc[0].detach().float().cpu().numpy()
     return scorer
-
-# %% ../nbs/10_baselines.ipynb #bcb58ee0
-def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
-    "`r` re-scored on the rows `rows` of its split (a subset of the rows it ranked), keeping its training history."
-    if np.array_equal(r.rows, rows): return r
-    pos = {int(x): i for i, x in enumerate(r.rows)}
-    missing = [int(x) for x in rows if int(x) not in pos]
-    if missing: raise ValueError(f'{r.name} has no ranking for row {missing[0]} of {r.split!r}')
-    sel = [pos[int(x)] for x in rows]
-    out = evaluate_rankings(r.name, r.ranked[sel], r.targets[sel], data, r.split, rows=rows, ks=ks, seconds=r.seconds, train_seconds=r.train_seconds)
-    for a in ('train_history', 'also'):
-        if hasattr(r, a): setattr(out, a, getattr(r, a))
-    return out
-
-def compare_baselines(data, out_dir=None, split:str='test', sasrec:SASRecConfig|None|bool=True,
-                      gru4rec:GRU4RecConfig|None|bool=True, k:int=50, extra:dict|None=None, ks=(1, 3, 5, 10, 20, 50),
-                      title:str='Baselines', mf:MFConfig|bool=False, tiger=False, index=None, rows=None,
-                      tiger_beams:int|None=None, also:dict|None=None, hstu=False, on_trained:Callable|None=None) -> dict:
-    """Popularity, MF, GRU4Rec, SASRec, HSTU and TIGER (each off with `False`; MF, HSTU and TIGER off by default, TIGER needs the SID
-    `index`) on `split`, scored on rows `rows` (default all); report written to `out_dir`. TIGER's list has `tiger_beams` (default `k`) items.
-    `also` = `{other split: rows or None}`: the same trained models rank those too, in `result.also[split]`.
-    `on_trained(name, cfg, model)` is called with each trained sequential model (the pipeline keeps SASRec as the RL scorer)."""
-    results, also = dict(extra or {}), dict(also or {})
-    splits = {split: rows, **also}
-    rank = lambda name, ranked, sp, t, tt: evaluate_rankings(name, ranked, data.splits[sp]['target'].to_numpy(np.int64), data, sp, ks=ks,
-                                                             seconds=t, train_seconds=tt)
-    results['Popularity'] = evaluate_popularity(data, split, k, ks=ks)
-    results['Popularity'].also = {sp: evaluate_popularity(data, sp, k, ks=ks) for sp in also}
-    seqs = [('MF', mf, MFConfig, train_mf), ('GRU4Rec', gru4rec, GRU4RecConfig, train_gru4rec), ('SASRec', sasrec, SASRecConfig, train_sasrec)]
-    if hstu is not False:
-        from minionerec.hstu import HSTUConfig, train_hstu
-        seqs.append(('HSTU', hstu, HSTUConfig, train_hstu))
-    for name, cfg, default, train in seqs:
-        if cfg is False: continue
-        cfg = default() if cfg in (None, True) else cfg
-        with Timer() as tt: model, hist = train(data, cfg)
-        if on_trained is not None: on_trained(name, cfg, model)
-        rs = {}
-        for sp in splits:
-            with Timer() as t: ranked = seq_ranking(model, data, sp, k)
-            rs[sp] = rank(name, ranked, sp, t.seconds, tt.seconds)
-        r = rs.pop(split); r.train_history, r.also = hist, rs
-        results[name] = r
-    if tiger is not False:
-        from minionerec.tiger import TIGERConfig, train_tiger, evaluate_tiger
-        if index is None: raise ValueError('compare_baselines: TIGER needs the SID index (index=...)')
-        tcfg = TIGERConfig() if tiger in (None, True) else tiger
-        with Timer() as tt: model, hist = train_tiger(data, index, tcfg)
-        rs = {sp: evaluate_tiger(model, data, sp, tiger_beams or k, r, ks, tcfg.eval_batch_size) for sp, r in splits.items()}
-        for r in rs.values(): r.train_seconds = tt.seconds
-        r = rs.pop(split); r.train_history, r.also = hist, rs
-        results['TIGER'] = r
-    for sp, rw in splits.items():
-        if rw is None: continue
-        rw = np.asarray(rw, dtype=np.int64)
-        for n, r in results.items():
-            if not isinstance(r, EvalResult): continue
-            if sp == split: results[n] = _on_rows(r, data, rw, ks)
-            elif sp in getattr(r, 'also', {}): r.also[sp] = _on_rows(r.also[sp], data, rw, ks)
-    if out_dir is not None: write_report(results, out_dir, title=title)
-    return results

@@ -9,7 +9,8 @@ import torch
 from minionerec.evaluate import (rank_of_target, hit_rate_at_k, ndcg_at_k, mrr, rank_metrics, count_invalid,
                                  count_duplicates, evaluate_rankings, write_report, decoded_examples)
 from minionerec.baselines import (popularity_ranking, popularity_counts, evaluate_popularity, planted_data, SASRecConfig,
-                                  GRU4RecConfig, train_sasrec, train_gru4rec, sasrec_ranking, seq_ranking, compare_baselines)
+                                  GRU4RecConfig, train_sasrec, train_gru4rec, sasrec_ranking, seq_ranking)
+from minionerec.compare import compare_baselines   # chapter 12d: it also trains TIGER (10a) and HSTU (10c)
 
 REFERENCE_POP = {'HR@3': 0.0457, 'HR@5': 0.0529, 'HR@10': 0.0673, 'NDCG@3': 0.0394, 'NDCG@5': 0.0423, 'NDCG@10': 0.0469}
 

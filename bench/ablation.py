@@ -5,7 +5,7 @@ A run directory whose `prepare`, `embed` and `sid` stages are done (`minionerec 
 
   scratch/rec/sft     the config's model (the from-scratch Qwen2) on the rec task alone      (the reference cell)
   scratch/align/sft   the same + the alignment tasks (`--align`), `--align_holdout` of the items held out and probed
-  prior/rec/sft       `ModelConfig(backbone='minilm', prior_layers=--prior_layers)`: the MiniLM decoder (chapter 7b)
+  prior/rec/sft       `ModelConfig(backbone='minilm', prior_layers=--prior_layers)`: the MiniLM decoder (chapter 9a)
   prior/align/sft
   <each>/sft+rl       the rl stage's GRPO (the config's `rl` and `rewards`) from that SFT cell's checkpoint
   catalogue/...       with `--pretrain_steps N`: the scratch Qwen2 first pretrained N steps on the catalogue's text

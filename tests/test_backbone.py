@@ -147,7 +147,7 @@ def _ablation():
 
 
 def test_ablation_cells_budget_and_intervals(world):
-    "bench/ablation.py's pieces (the end-to-end run on the tiny preset is in chapter 7b's instructions; it takes minutes)."
+    "bench/ablation.py's pieces (the end-to-end run on the tiny preset is in chapter 9a's instructions; it takes minutes)."
     from minionerec.presets import preset
     ab = _ablation()
     with pytest.raises(SystemExit): ab.parse_args(['run', '--sft_steps', '2', '--sft_budget_s', '5'])   # one budget only

@@ -21,7 +21,7 @@ __all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'GENERATIVE', 'KEY_COLUMNS', 'rank_of_t
            'paired_bootstrap', 'comparison_lines', 'rank_table', 'bootstrap_pairs', 'bootstrap_table',
            'bootstrap_lines', 'results_table', 'plot_results', 'provenance', 'provenance_lines', 'write_report']
 
-# %% ../nbs/09_evaluate.ipynb #3e502a83
+# %% ../nbs/09_evaluate.ipynb #f175fb50
 def _check_ranked(ranked, targets=None):
     ranked = np.asarray(ranked)
     if ranked.ndim != 2: raise ValueError(f'ranked must be a (U, B) array of item ids, got shape {ranked.shape}')
@@ -64,6 +64,7 @@ def mrr_from_ranks(ranks, k:int|None=None) -> float:
     "MRR@k: mean reciprocal rank of targets within the first k (else 0); `k=None`: within the whole list."
     return float(row_metric(ranks, 'MRR', k).mean()) if len(ranks) else float('nan')
 
+# %% ../nbs/09_evaluate.ipynb #fd68180c
 def hit_rate_at_k(ranked, targets, k:int) -> float:
     "Fraction of rows whose target is among the first `k` entries of its ranked list."
     return hr_from_ranks(rank_of_target(ranked, targets), k)
@@ -412,7 +413,7 @@ def bootstrap_lines(table:list[dict], title:str='Paired bootstrap: every generat
                      f"{f(t['ratio_hi'], '.3f')}] | {t['p_b_better']:.2f} | {t.get('p_b_worse', float('nan')):.2f} | {t['rows']} | {users} |")
     return lines + ['']
 
-# %% ../nbs/09_evaluate.ipynb #f2472b13
+# %% ../nbs/09_evaluate.ipynb #7366ff67
 def _summary(v) -> dict:
     if isinstance(v, EvalResult): return v.summary()
     if isinstance(v, dict): return dict(v)
@@ -459,6 +460,7 @@ def provenance() -> dict:
     return {'commit': commit, 'uncommitted_changes': dirty, 'python': platform.python_version(), 'torch_threads': torch.get_num_threads(),
             'versions': {p: version(p) for p in ('minionerec', 'torch', 'transformers', 'accelerate', 'peft', 'trl', 'numpy', 'pandas')}}
 
+# %% ../nbs/09_evaluate.ipynb #62f43158
 def provenance_lines(p:dict) -> list[str]:
     "Markdown of `provenance()`: one line each for the commit, the runtime and the library versions."
     dirty = ' (with uncommitted changes)' if p.get('uncommitted_changes') else ''

@@ -48,7 +48,7 @@ __all__ = ['RAW_SOURCES', 'SEEDLESS_SECTIONS', 'RANKING_METRICS', 'STAGES', 'STA
            'is_main_process', 'stage_fingerprints', 'check_config', 'run_pipeline', 'run_seeds', 'launch_token',
            'wait_for_stage']
 
-# %% ../nbs/13_pipeline.ipynb #bfb34866
+# %% ../nbs/13_pipeline.ipynb #dda7688e
 RAW_SOURCES = ('interactions', 'amazon2018', 'amazon2023')   # sources that go through the paper's protocol
 
 @dataclass
@@ -96,6 +96,7 @@ class DataSection(Config):
         "`[path, size, mtime_ns]` of every source file (None for a missing one), so an edited source reruns `prepare`."
         return [[str(p), *((p.stat().st_size, p.stat().st_mtime_ns) if p.exists() else (None, None))] for p in self.source_files()]
 
+# %% ../nbs/13_pipeline.ipynb #b441562e
 @dataclass
 class SIDSection(Config):
     "How items get semantic IDs."
@@ -444,7 +445,7 @@ STAGES = [
 STAGE_NAMES = tuple(s.name for s in STAGES)
 STAGE = {s.name: s for s in STAGES}
 
-# %% ../nbs/13_pipeline.ipynb #41ac4736
+# %% ../nbs/13_pipeline.ipynb #6caa5f81
 DISTRIBUTED_STAGES = ('sft', 'evaluate', 'rl')   # the stages that run on every process of `accelerate launch` / `torchrun`
 
 def is_main_process() -> bool: return int(os.environ.get('RANK', 0)) == 0
@@ -505,6 +506,7 @@ def run_pipeline(cfg:PipelineConfig, stages=None, force=(), run_dir=None, wait:b
             if cfg.planned_minutes: ctx.log.info(f'planned minutes per stage (preset auto): {cfg.planned_minutes}')
         return _run_stages(ctx, stages, force, main, world)
 
+# %% ../nbs/13_pipeline.ipynb #2db2adf3
 def _run_stages(ctx:RunContext, stages, force, main:bool, world:int) -> dict:
     fps, out = stage_fingerprints(ctx.cfg), {}
     alone = [s for s in stages if s not in DISTRIBUTED_STAGES] if world > 1 else []   # run by the main process only

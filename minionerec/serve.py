@@ -324,7 +324,7 @@ def _card_prompt(sv:Servable, meta:dict) -> list[str]:
             f'The answer is one SID ({sv.index.n_levels} tokens such as `{sv.index.sid(0)}`) followed by EOS (`{sv.tokenizer.eos_token}`). '
             'The SID tokens are ordinary (non-special) added tokens: decode with `skip_special_tokens=True` and they stay.']
 
-# %% ../nbs/13_serve.ipynb #6260ca79
+# %% ../nbs/13_serve.ipynb #dac61afe
 _LOAD = '''```python
 import json
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -369,6 +369,7 @@ def _card_usage(sv:Servable, dest) -> list[str]:
             'twice, or text; map every output through `index.json`, drop what is not there, and expect fewer than k items. '
             'The numbers above come from the constrained search.']
 
+# %% ../nbs/13_serve.ipynb #358d211e
 def model_card(sv:Servable, meta:dict, dest:str='EXPORT') -> str:
     "The `README.md` of an export: what it is, data, the report's metrics, files, prompt format, and how to use it."
     d, prov, exp = meta.get('data', {}), meta.get('provenance'), meta.get('exported_by') or {}

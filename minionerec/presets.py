@@ -117,7 +117,7 @@ def preset(name:str) -> PipelineConfig:
     if build is None: raise ConfigError(f"unknown preset {name!r}; presets are {', '.join(map(repr, PRESETS))} (or pass a YAML file)")
     return build()
 
-# %% ../nbs/13b_presets.ipynb #6b389e48
+# %% ../nbs/13b_presets.ipynb #f3ef176d
 def load_config(src:str|Path, overrides=()) -> PipelineConfig:
     """A preset name or YAML file, then `key.sub=value` overrides (values parsed as YAML). A sub-seed named by an override or
     in a `preset:` file is pinned (`pinned_seeds`); every other one follows the top-level `seed`. Preset 'auto' is then
@@ -150,6 +150,7 @@ def load_config(src:str|Path, overrides=()) -> PipelineConfig:
     if name != 'auto': return cfg
     return fit_to_data(cfg, explicit=_leaf_paths(mine) + [o.split('=', 1)[0] for o in overrides])
 
+# %% ../nbs/13b_presets.ipynb #423e7f32
 def _leaf_paths(d:dict, path:str='') -> list[str]:
     "Dotted paths of the values a mapping sets (`{sft: {lr: 1}}` -> `['sft.lr']`)."
     return [q for k, v in d.items() for q in (_leaf_paths(v, f'{path}{k}.') if isinstance(v, dict) and v else [f'{path}{k}'])]
@@ -321,7 +322,7 @@ def data_stats(data) -> dict:
             'test_rows': len(data.splits['test']), 'history_median': float(np.median(h)) if len(h) else 0.0,
             'history_p90': float(np.percentile(h, 90)) if len(h) else 0.0, 'history_max': int(h.max()) if len(h) else 0, 'users': int(data.n_users)}
 
-# %% ../nbs/13b_presets.ipynb #62a41f5c
+# %% ../nbs/13b_presets.ipynb #653188f9
 class _Fit:
     "A config mapping being fitted to `stats`: `put(key, value, reason)` unless `key` is yours, `get(key)`, seconds per stage in `sec`."
     def __init__(self, d:dict, explicit, stats:dict):
@@ -357,6 +358,7 @@ def _fit_history(f:_Fit):
         f.put(k, min(20, s['items']), 'a ranked list of 20 (NDCG@10 and HR@10 need 10), at most the catalogue')
     f.put('rl.num_generations', min(8, s['items']), 'G candidates per prompt (the paper has 16; 8 halves the rollout cost), at most the catalogue')
 
+# %% ../nbs/13b_presets.ipynb #58f6969c
 def _block_params(w:int, layers:int=2) -> int:
     "Parameters in the blocks of our model at width `w` (4 heads, 2 key/value heads, SwiGLU MLP of 8/3 x w): what the width rule counts."
     m = ModelConfig(hidden_size=w, num_layers=layers, num_heads=4, num_kv_heads=2, intermediate_size=32 * round(8 * w / 3 / 32))
@@ -415,7 +417,7 @@ def _fit_fixed(f:_Fit, budget:float) -> float:
     f.sec['rank_rl'] = 2 * lm_row(beams) * rows + 2 * RL_DIST_PROMPTS * lm_row(f.get('rl.num_generations'))
     return sum(f.sec.values())
 
-# %% ../nbs/13b_presets.ipynb #f74bad80
+# %% ../nbs/13b_presets.ipynb #513c7324
 _VALID_WHY = f'validation rows decoded at each of the {FIT_EVALS} validations: about 10% of the share, 100 to 1000 rows'
 
 def _valid_rows(f:_Fit, seconds:float, per_row:float) -> int:
@@ -452,6 +454,7 @@ def _fit_rl(f:_Fit, share:float):
     f.put('rl.max_minutes', round(share / 60 + 1, 1), 'wall-clock cap of the RL loop: its share and a minute')
     f.sec['rl'] = steps * rl_step + (steps // every + 1) * per_eval
 
+# %% ../nbs/13b_presets.ipynb #9534570f
 def _fit_rows(f:_Fit, share:float):
     "When one pass over the train rows does not fit three times in a share for every epoch-trained baseline: keep the last rows that do (`data.max_train`), for every model alike."
     s, fit = f.s, None

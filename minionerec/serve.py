@@ -98,7 +98,7 @@ def load_servable(path, model:str='auto', device=None) -> Servable:
     if not path.is_dir(): raise FileNotFoundError(f'{path}: no such folder (give a run folder or an export of `minionerec export`)')
     return _from_export(path, device) if (path/SERVE_FILE).exists() else _from_run(path, model, device)
 
-# %% ../nbs/13_serve.ipynb #de51ba1b
+# %% ../nbs/13_serve.ipynb #54b7f28d
 def find_items(items:pd.DataFrame, specs) -> list[int]:
     "Item ids of `specs`: each an item id (digits) or a title of `items` (exact, case-insensitive, naming one item)."
     by_title = defaultdict(list)
@@ -128,6 +128,7 @@ def read_specs(values) -> list[str]:
         out += [l.strip() for l in p.read_text(encoding='utf-8').splitlines() if l.strip() and not l.lstrip().startswith('#')]
     return out
 
+# %% ../nbs/13_serve.ipynb #ecc1f1d4
 def user_history(data:RecData, user) -> list[int]:
     "Everything `user` is known to have interacted with, oldest first: their latest sample's history plus its target (test, else valid, else train)."
     for sp in ('test', 'valid', 'train'):

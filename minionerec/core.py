@@ -94,7 +94,7 @@ def unique_pairs(pairs, path=None) -> dict:
         d[k] = v
     return d
 
-# %% ../nbs/00_core.ipynb #320e0f07
+# %% ../nbs/00_core.ipynb #49505f2c
 class DiskFullError(OSError):
     "The disk (or quota) filled up while writing an artifact; the message names the file and says that nothing partial was kept."
 
@@ -141,6 +141,7 @@ def atomic_write(path, mode:str='w', encoding:str|None='utf-8'):
             raise OSError(e.errno, f'{e.strerror or os.strerror(e.errno)} while writing {path}', str(path)) from e
         raise
 
+# %% ../nbs/00_core.ipynb #c848bde0
 def write_text(path, text:str) -> Path:
     "Atomically write `text` to `path`."
     with atomic_write(path) as f: f.write(text)

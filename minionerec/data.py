@@ -309,7 +309,7 @@ def write_inter(data:RecData, folder) -> list[Path]:
         out.append(write_text(Path(folder)/f'{data.name}.{s}.inter', '\n'.join(lines) + '\n'))
     return out
 
-# %% ../nbs/01_data.ipynb #d2b24105
+# %% ../nbs/01_data.ipynb #2a1f98c9
 def _write_layout(data:RecData, adir:Path, tag:str, inter:bool) -> None:
     "Every file of `data` in the published layout under `adir`."
     stem = f'{data.name}_{tag}' if tag else data.name
@@ -341,6 +341,7 @@ def move_files(src:Path, dst:Path) -> list[Path]:
         os.replace(f, t); out.append(t)
     return out
 
+# %% ../nbs/01_data.ipynb #9bb23c10
 def write_published(data:RecData, root, tag:str|None=None, inter:bool=False) -> Path:
     "Write `data` in the published layout under `root/Amazon/` (or `root` itself when it is named `Amazon`). Returns the `Amazon/` folder."
     check_dataset_name(data.name, 'RecData.name')

@@ -93,7 +93,7 @@ class SIDTrie:
     def n_steps(self) -> int: return self.max_len + 1
     def __repr__(self): return f'SIDTrie({self.n_items} items, {self.n_nodes} states, up to {self.max_len} SID tokens + EOS, max {self.children.shape[1]} children)'
 
-# %% ../nbs/08_decoding.ipynb #40ef63a1
+# %% ../nbs/08_decoding.ipynb #d4054ac1
 @patch
 def to(self:SIDTrie, device) -> dict:
     "Tensors on `device` (cached per device)."
@@ -127,6 +127,7 @@ def allowed(self:SIDTrie, nodes):
     valid = torch.arange(ids.shape[1], device=nodes.device) < T['n_children'][nodes][:, None]
     return ids, valid
 
+# %% ../nbs/08_decoding.ipynb #5b1eefa1
 @patch
 def mask(self:SIDTrie, nodes, vocab_size:int):
     "Dense boolean mask (R, vocab_size) of the allowed next tokens (for display; the processor never builds it)."
@@ -309,7 +310,7 @@ def _finish(trie:SIDTrie, fin:tuple, cand, kid, C:int, nodes, seqs, t:int, B:int
     all_s, sel = torch.cat([fin[0], new_s], 1).topk(B, dim=1)
     return all_s, torch.cat([fin[1], new_n], 1).gather(1, sel), torch.cat([fin[2], new_q], 1).gather(1, sel[..., None].expand(-1, -1, S))
 
-# %% ../nbs/08_decoding.ipynb #bed0c6e0
+# %% ../nbs/08_decoding.ipynb #c1f9252e
 @torch.no_grad()
 def _search_chunk(model, tokenizer, prompts, trie:SIDTrie, B:int) -> BeamOutput:
     dev = _model_device(model)
@@ -341,6 +342,7 @@ def _search_chunk(model, tokenizer, prompts, trie:SIDTrie, B:int) -> BeamOutput:
     ok = torch.isfinite(fin[0]) & (items >= 0)
     return BeamOutput(items.masked_fill(~ok, -1).cpu(), fin[0].cpu(), fin[2].masked_fill(~ok[..., None], -1).cpu())
 
+# %% ../nbs/08_decoding.ipynb #64635745
 @torch.no_grad()
 def sid_beam_search(model, tokenizer, prompts:list[str], trie:SIDTrie, num_beams:int=50, batch_size:int=8) -> BeamOutput:
     "Path (b): constrained beam search over the trie with each prompt encoded once and the KV cache expanded to the beams."

@@ -25,7 +25,7 @@ __all__ = ['SDPOConfig', 'row_name', 'sdpo_loss', 'dpo_loss', 'random_negatives'
            'sequence_logprobs', 'RecSDPOTrainer', 'SDPOResult', 'step_prompts', 'train_sdpo', 'plot_sdpo_history',
            'dpo_verdict', 'dpo_lines', 'stage_dpo']
 
-# %% ../nbs/12c_dpo.ipynb #7627c0f0
+# %% ../nbs/12c_dpo.ipynb #5bd6efeb
 @dataclass
 class SDPOConfig(Config):
     "DPO / S-DPO from the SFT checkpoint on the rl stage's prompts (the pipeline's `dpo:` section; see the chapter)."
@@ -68,6 +68,7 @@ class SDPOConfig(Config):
     def tiny(cls): return cls(negatives=3, prompts_per_step=4, micro_batch=2, max_steps=3, lr=1e-3, eval_every=0, eval_max_users=8,
                               beam_batch_size=4, warmup_ratio=0.0, keep_best=False, log_every=1)
 
+# %% ../nbs/12c_dpo.ipynb #604a760b
 def row_name(cfg:SDPOConfig) -> str:
     "The report's row of a preference run: 'MiniOneRec SFT+S-DPO' or 'MiniOneRec SFT+DPO'."
     return f"MiniOneRec SFT+{'S-DPO' if cfg.loss == 'sdpo' else 'DPO'}"

@@ -21,7 +21,7 @@ __all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'GENERATIVE', 'KEY_COLUMNS', 'rank_of_t
            'paired_bootstrap', 'comparison_lines', 'rank_table', 'bootstrap_pairs', 'bootstrap_table',
            'bootstrap_lines', 'results_table', 'plot_results', 'provenance', 'provenance_lines', 'write_report']
 
-# %% ../nbs/09_evaluate.ipynb #3e502a83
+# %% ../nbs/09_evaluate.ipynb #d5e4bd15
 def _check_ranked(ranked, targets=None):
     ranked = np.asarray(ranked)
     if ranked.ndim != 2: raise ValueError(f'ranked must be a (U, B) array of item ids, got shape {ranked.shape}')
@@ -52,6 +52,7 @@ def row_metric(ranks, metric:str='NDCG', k:int|None=10) -> np.ndarray:
     if metric == 'MRR': return np.where(_hits(ranks, k), 1.0 / np.maximum(ranks, 1), 0.0)
     raise ValueError(f"metric must be 'NDCG', 'HR' or 'MRR', got {metric!r}")
 
+# %% ../nbs/09_evaluate.ipynb #8fa17a46
 def hr_from_ranks(ranks, k:int) -> float:
     "HR@k from 1-based ranks (0 = absent)."
     return float(row_metric(ranks, 'HR', k).mean()) if len(ranks) else float('nan')
@@ -64,6 +65,7 @@ def mrr_from_ranks(ranks, k:int|None=None) -> float:
     "MRR@k: mean reciprocal rank of targets within the first k (else 0); `k=None`: within the whole list."
     return float(row_metric(ranks, 'MRR', k).mean()) if len(ranks) else float('nan')
 
+# %% ../nbs/09_evaluate.ipynb #fd68180c
 def hit_rate_at_k(ranked, targets, k:int) -> float:
     "Fraction of rows whose target is among the first `k` entries of its ranked list."
     return hr_from_ranks(rank_of_target(ranked, targets), k)
@@ -111,7 +113,7 @@ def count_duplicates(ranked) -> int:
     rep = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] != -1)
     return int(rep.sum())
 
-# %% ../nbs/09_evaluate.ipynb #afe1c46b
+# %% ../nbs/09_evaluate.ipynb #435a4474
 HIST_BUCKETS = ((1, 1), (2, 2), (3, 4), (5, 7), (8, 10))
 
 def history_bucket(n:int, buckets=HIST_BUCKETS) -> str:
@@ -142,6 +144,7 @@ def beyond_accuracy(ranked, data, k:int=10) -> dict:
     counts = np.bincount(tr['target'].to_numpy(np.int64), minlength=n) if tr is not None else np.zeros(n)
     return {f'coverage@{k}': len(np.unique(top)) / max(n, 1), f'popularity@{k}': float(counts[top].mean()) if top.size else float('nan')}
 
+# %% ../nbs/09_evaluate.ipynb #d3f91c82
 @dataclass
 class EvalResult:
     "Outcome of scoring one ranker on one split."
@@ -234,7 +237,7 @@ def rank_prompts(model, tokenizer, prompts:list[str], trie, num_beams:int=50, ba
         parts = sorted(gather_object(parts), key=lambda p: p[0])
     return np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
-# %% ../nbs/09_evaluate.ipynb #594d0f4b
+# %% ../nbs/09_evaluate.ipynb #d1a20265
 @dataclass
 class EvalConfig(Config):
     "How a generative model is evaluated."
@@ -267,6 +270,7 @@ def select_rows(n:int, max_users:int|None, seed:int=42) -> np.ndarray:
     if max_users is None or max_users >= n: return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size=max_users, replace=False))
 
+# %% ../nbs/09_evaluate.ipynb #f7ab8fdb
 def evaluate_model(model, tokenizer, data, index, cfg:EvalConfig|None=None, name:str='MiniOneRec', trie=None,
                    examples:list|None=None, state=None, bf16:bool=False) -> EvalResult:
     "Constrained beam search on `rec_examples(data, index, cfg.split)` (or `examples`, one per split row), sharded over the processes of `state` (see `rank_prompts`), and HR/NDCG/MRR of the decoded lists (on every process)."
@@ -306,7 +310,7 @@ def decoded_examples(result:EvalResult, data, n:int=5, top:int=5, seed:int=0, wi
     out = pd.DataFrame(out); out['rank'] = out['rank'].astype('Int64')   # <NA> = target not in the list
     return out
 
-# %% ../nbs/09_evaluate.ipynb #beb32998
+# %% ../nbs/09_evaluate.ipynb #a7fcf088
 def _cluster_sums(ma, mb, groups):
     "Per-cluster sums of the two metrics, of their difference, and row counts (clusters = `groups`, or one per row)."
     g = np.arange(len(ma)) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
@@ -337,6 +341,7 @@ def paired_bootstrap(ranks_a, ranks_b, metric:str='NDCG', k:int=10, n_boot:int=2
             'ratio': float(mb.mean() / ma.mean()) if ma.mean() > 0 else None,
             'ratio_lo': q(ratio, alpha / 2) if (A > 0).all() else None, 'ratio_hi': q(ratio, 1 - alpha / 2) if (A > 0).all() else None}
 
+# %% ../nbs/09_evaluate.ipynb #c75dd841
 def comparison_lines(comp:dict) -> list[str]:
     "Markdown: SFT vs SFT+RL per split (`comp['bootstrap']`: `paired_bootstrap` results) with the interval of the difference."
     lines = ['## SFT vs SFT+RL', '', 'Same code and rows as the results table; the difference (SFT+RL - SFT) with a 95% paired '
@@ -350,7 +355,7 @@ def comparison_lines(comp:dict) -> list[str]:
                          f"[{b['lo']:+.4f}, {b['hi']:+.4f}] | {b['p_b_better']:.2f} | {b.get('p_b_worse', float('nan')):.2f} | {b['rows_changed']} |")
     return lines + ['', '![GRPO](../rl/grpo.png)', '', '![rewards before and after RL](../rl/reward_distributions.png)', '']
 
-# %% ../nbs/09_evaluate.ipynb #df319597
+# %% ../nbs/09_evaluate.ipynb #6ddacbb5
 GENERATIVE = ('MiniOneRec SFT', 'MiniOneRec SFT+RL')   # the generative rows of a report, in stage order
 
 KEY_COLUMNS = ('row', 'target', 'user_id')            # the columns of a rank table that are not a model
@@ -391,6 +396,7 @@ def bootstrap_table(ranks:pd.DataFrame, pairs, metrics=(('NDCG', 10), ('HR', 10)
             out.append({'model': b, 'vs': a, **main, 'row_lo': row['lo'], 'row_hi': row['hi'], 'resampled': 'rows' if users is None else 'users'})
     return out
 
+# %% ../nbs/09_evaluate.ipynb #5fee83eb
 def bootstrap_lines(table:list[dict], title:str='Paired bootstrap: every generative row against every baseline') -> list[str]:
     """Markdown of `bootstrap_table` (a `split` column when its dicts carry one): means, difference (model - vs), its 95% interval
     resampling users and (second) rows, ratio of means with its interval, P(model better), P(model worse), rows and users."""
@@ -412,7 +418,7 @@ def bootstrap_lines(table:list[dict], title:str='Paired bootstrap: every generat
                      f"{f(t['ratio_hi'], '.3f')}] | {t['p_b_better']:.2f} | {t.get('p_b_worse', float('nan')):.2f} | {t['rows']} | {users} |")
     return lines + ['']
 
-# %% ../nbs/09_evaluate.ipynb #f2472b13
+# %% ../nbs/09_evaluate.ipynb #7366ff67
 def _summary(v) -> dict:
     if isinstance(v, EvalResult): return v.summary()
     if isinstance(v, dict): return dict(v)
@@ -459,6 +465,7 @@ def provenance() -> dict:
     return {'commit': commit, 'uncommitted_changes': dirty, 'python': platform.python_version(), 'torch_threads': torch.get_num_threads(),
             'versions': {p: version(p) for p in ('minionerec', 'torch', 'transformers', 'accelerate', 'peft', 'trl', 'numpy', 'pandas')}}
 
+# %% ../nbs/09_evaluate.ipynb #62f43158
 def provenance_lines(p:dict) -> list[str]:
     "Markdown of `provenance()`: one line each for the commit, the runtime and the library versions."
     dirty = ' (with uncommitted changes)' if p.get('uncommitted_changes') else ''

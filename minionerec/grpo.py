@@ -62,7 +62,7 @@ class GRPOConfig(Config):
     @property
     def eps_high(self) -> float: return self.clip_eps if self.clip_eps_high is None else self.clip_eps_high
 
-# %% ../nbs/12_grpo.ipynb #a77afc55
+# %% ../nbs/12_grpo.ipynb #c9060787
 from .tasks import RL_TASKS   # RL prompts (`rl_examples`) are built in `05_tasks`, with the SFT prompt policy
 
 @patch
@@ -92,6 +92,7 @@ def paper(cls:GRPOConfig):
     "Authors' script: G=16, lr 1e-5, 2 epochs, beta 1e-3; 64 prompts per update (64 completions/GPU x 8 GPUs x 2 accumulation / G)."
     return cls(num_generations=16, prompts_per_step=64, micro_batch=4, lr=1e-5, epochs=2.0, beta=1e-3, bf16=True, deterministic=False)
 
+# %% ../nbs/12_grpo.ipynb #3cf16ff5
 def process_plan(cfg:GRPOConfig, world:int) -> tuple[int, int]:
     "(prompts per process, micro-batches per update) for `world` processes; an uneven split is an error."
     if cfg.prompts_per_step % (world * cfg.micro_batch):
@@ -206,7 +207,7 @@ def guide_groups(rollout:Rollout) -> Rollout:
     out.guided = miss
     return out
 
-# %% ../nbs/12_grpo.ipynb #d0996cb4
+# %% ../nbs/12_grpo.ipynb #3afa3fea
 def sid_completions(index, tokenizer, include_eos:bool=True) -> tuple[torch.Tensor, torch.Tensor]:
     "Completion token ids of every item (N, L) right-padded, and their lengths (N,): the SFT target `sid + [eos]`."
     eos, pad = eos_id(tokenizer), pad_id(tokenizer)
@@ -240,6 +241,7 @@ def build_batch(rollout:Rollout, tokenizer, completions:tuple, cfg:GRPOConfig, r
     return {'prompt_ids': p_ids.repeat_interleave(R, 0), 'prompt_mask': p_mask.repeat_interleave(R, 0), **batch,
             'group': torch.arange(B).repeat_interleave(R), 'scored': scored, 'G': G, 'R': R, 'max_len': int(c_all.shape[1])}
 
+# %% ../nbs/12_grpo.ipynb #730bc7b9
 def _rows(batch:dict, rows:slice|torch.Tensor) -> dict:
     "The rows `rows` of a batch, with all-padding prompt columns trimmed."
     out = {k: v[rows] for k, v in batch.items() if torch.is_tensor(v)}

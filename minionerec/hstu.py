@@ -68,7 +68,7 @@ class HSTU(nn.Module):
         w = self.item_emb.weight[1:]                                    # (N, H)
         return F.normalize(w, dim=-1) if self.l2norm else w
 
-# %% ../nbs/10c_hstu.ipynb #b5c14bb4
+# %% ../nbs/10c_hstu.ipynb #ade89131
 @dataclass
 class HSTUConfig(Config):
     "HSTU / training settings (defaults: CPU size, chosen on the demo's validation; `paper()`: the authors' ML-1M HSTU-large shape). Trained like SASRec."
@@ -102,6 +102,7 @@ class HSTUConfig(Config):
     @classmethod
     def paper(cls): return cls(hidden=50, layers=8, heads=2, dropout=0.2, l2norm=True, temperature=0.05, lr=1e-3)
 
+# %% ../nbs/10c_hstu.ipynb #907cb9fe
 def train_hstu(data, cfg:HSTUConfig|None=None):
     "Train HSTU on `data.splits['train']` with `baselines.train_seqrec` (early stopping on valid); returns `(best model, history DataFrame)`."
     cfg = cfg or HSTUConfig(); set_seed(cfg.seed)

@@ -402,7 +402,7 @@ def prepare_model(cfg:ModelConfig, index, texts=None, titles=None, item_vectors=
     ids = add_sid_tokens(tokenizer, model, index, init=cfg.sid_init, texts=titles, seed=cfg.seed, item_vectors=item_vectors)
     return apply_training_mode(model, cfg, ids), tokenizer, ids
 
-# %% ../nbs/06_model.ipynb #4b41f479
+# %% ../nbs/06_model.ipynb #b1d456ce
 def count_parameters(model, trainable:bool=False, non_embedding:bool=False) -> int:
     "Number of (distinct) parameters; `trainable`: only those that get updates; `non_embedding`: without embedding/head matrices."
     emb = {id(p) for p in _embedding_params(model.get_base_model() if hasattr(model, 'get_base_model') else model)}
@@ -437,13 +437,14 @@ def non_embedding_parameters(cfg_or_model) -> int:
     block = (d * d + d) + 2 * (d * dkv + dkv) + d * d + 3 * d * I + 2 * d
     return L * block + d
 
+# %% ../nbs/06_model.ipynb #31163d7e
 def model_flops_per_token(cfg_or_model, seq_len:int=0, vocab_size:int|None=None) -> float:
     "Training FLOPs per token, ~ 6 (N + V d) + 6 n_layer seq_len d (see above)."
     d, L, h, kv, I, V = _sizes(cfg_or_model)
     V = vocab_size or V
     return float(6 * (non_embedding_parameters(cfg_or_model) + V * d) + 6 * L * seq_len * d)
 
-# %% ../nbs/06_model.ipynb #445b343e
+# %% ../nbs/06_model.ipynb #01ab8da8
 CHECKPOINT_META = 'minionerec.json'
 
 def _is_peft(model) -> bool: return hasattr(model, 'peft_config') and hasattr(model, 'get_base_model')
@@ -476,6 +477,7 @@ def _writing(path:Path):
         if full is None: raise
         raise OSError(full.errno, full.strerror, str(path)) from e
 
+# %% ../nbs/06_model.ipynb #92b63d1b
 @contextlib.contextmanager
 def _reading(path:Path):
     "Around a read of safetensors weights: a truncated or garbled file is an `ArtifactError` naming it and the stage to rerun."

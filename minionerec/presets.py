@@ -33,78 +33,91 @@ __all__ = ['PRESETS', 'REC_ONLY', 'QWEN25_SHAPES', 'CPU_COST', 'FIT_WIDTHS', 'FI
            'launch_engine', 'effective_checkpointing', 'backbone_shape', 'memory_estimate', 'plan_run', 'lm_params',
            'seq_params', 'tiger_work', 'prompt_tokens', 'data_stats', 'fit_to_data']
 
-# %% ../nbs/13b_presets.ipynb #9eb5949a
+# %% ../nbs/13b_presets.ipynb #0cb593b3
 PRESETS = ('tiny', 'demo', 'industrial', 'paper', 'auto')
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
 _DPO_CPU = SDPOConfig(negatives=4, prompts_per_step=64, micro_batch=16, max_steps=40, lr=1e-4, warmup_ratio=0.1, eval_every=10, eval_beams=20,
                       beam_batch_size=32, max_minutes=5)   # S-DPO on the CPU presets (12c): one step measured at 1.7 s (demo) / 3.6 s (industrial sizes)
 
+def _preset_tiny() -> PipelineConfig:
+    return PipelineConfig(run_dir='runs/tiny', data=DataSection(synthetic=SyntheticConfig.tiny()), embed=EmbedConfig.tiny(),
+                          sid=SIDSection(rqvae=RQVAEConfig.tiny()), model=ModelConfig.tiny(), tasks=TaskMixConfig.tiny(),
+                          sft=SFTConfig.tiny().replace(epochs=1), eval=EvalConfig.tiny(),
+                          baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2), mf=MFConfig.tiny().replace(epochs=2),
+                                                     tiger=TIGERConfig.tiny().replace(epochs=2), hstu=HSTUConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny().replace(guide='target'),   # guided groups: the tiny model's RL moves
+                          dpo=SDPOConfig.tiny())                                   # off; `--set dpo.enabled=true` runs 3 S-DPO steps
+
+# %% ../nbs/13b_presets.ipynb #77b0ad7d
+def _preset_demo() -> PipelineConfig:   # recipe chosen on validation: nbs/10b_recipe.ipynb
+    return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
+                          embed=EmbedConfig(batch_size=64, max_length=128),
+                          sid=SIDSection(rqvae=RQVAEConfig(hidden=(256, 128, 64), codebook_size=32, epochs=500, log_every=50)),
+                          model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000),
+                          tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact', max_history=1), max_valid_examples=500,
+                          select_users=500, select_beams=20,
+                          sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=40, patience=6, monitor='NDCG@10', global_batch_size=64,
+                                        micro_batch_size=64, max_length=64, log_every=20),
+                          eval=EvalConfig(num_beams=20, batch_size=32),
+                          baselines=BaselinesSection(sasrec=SASRecConfig(epochs=200, patience=10), mf=MFConfig(),
+                                                      tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, schedule='inverse_sqrt', lr=3e-3,
+                                                                        warmup_steps=40, max_steps=1200, eval_steps=40, patience=4, valid_max_users=500),
+                                                      hstu=HSTUConfig()),
+                          rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=50, lr=1e-3, tasks=('rec',), sft_weight=4.0,
+                                        filter_groups=True, keep_best=True, eval_every=5, eval_max_users=500, beam_batch_size=32),
+                          rewards=RewardConfig(collab=1.0),   # RL recipe chosen on validation: nbs/12b_rl_levers.ipynb
+                          dpo=_DPO_CPU.replace(eval_max_users=500))   # off: the demo holds its 10-minute budget (`--set dpo.enabled=true` adds the row)
+
+# %% ../nbs/13b_presets.ipynb #89972ac7
+def _preset_industrial() -> PipelineConfig:   # recipe chosen on validation: nbs/10b_recipe.ipynb
+    return PipelineConfig(run_dir='runs/industrial', data=DataSection(source='published', name='Industrial_and_Scientific'),
+                          embed=EmbedConfig(batch_size=64),
+                          sid=SIDSection(rqvae=RQVAEConfig.cpu()),
+                          model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=3000,
+                                            sid_init='embedding', dropout=0.2),
+                          tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact'), max_valid_examples=1000,
+                          select_users=1000, select_beams=20,
+                          sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=0, monitor='NDCG@10',
+                                        global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
+                          eval=EvalConfig(num_beams=20, batch_size=32),
+                          baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=40, patience=4, eval_every=2), hstu=HSTUConfig()),
+                          rl=GRPOConfig(num_generations=16, prompts_per_step=256, micro_batch=4, lr=2e-4, warmup_ratio=0.1, max_steps=50, sft_weight=4.0,
+                                        max_minutes=15, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
+                                        tasks=('rec',), beam_batch_size=32),
+                          rewards=RewardConfig(collab=1.0),   # on Industrial no RL setting tried beat SFT on validation (12b): keep-best keeps SFT
+                          dpo=_DPO_CPU.replace(enabled=True, eval_max_users=1000))   # the SFT+S-DPO row (12c): ~3.5 s/step on 2 cores, 40 steps
+
+# %% ../nbs/13b_presets.ipynb #2ab604d2
+def _preset_auto() -> PipelineConfig:   # a skeleton: `fit_to_data` sizes steps, history, widths and validation to the data and `budget_minutes`
+    return PipelineConfig(run_dir='runs/auto', budget_minutes=30.0, embed=EmbedConfig(batch_size=64), sid=SIDSection(rqvae=RQVAEConfig.cpu()),
+                          model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000,
+                                            sid_init='embedding'),
+                          tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact'), select_beams=20,
+                          sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, patience=0, monitor='NDCG@10', global_batch_size=64, micro_batch_size=64, log_every=50),
+                          eval=EvalConfig(num_beams=20, batch_size=32),
+                          baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), hstu=HSTUConfig(),
+                                                     tiger=TIGERConfig(layers=2, heads=4, schedule='inverse_sqrt', lr=1e-3)),
+                          rl=GRPOConfig(num_generations=8, prompts_per_step=64, micro_batch=4, lr=2e-4, warmup_ratio=0.1, sft_weight=4.0, keep_best=True,
+                                        filter_groups=True, tasks=('rec',), beam_batch_size=32, eval_beams=20),
+                          rewards=RewardConfig(collab=0.0))   # collab > 0 would train a second SASRec: another share of the budget
+
+# %% ../nbs/13b_presets.ipynb #840d7dba
+def _preset_paper() -> PipelineConfig:
+    return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
+                          embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),
+                          tasks=TaskMixConfig.paper(), sft=SFTConfig.paper(), eval=EvalConfig.paper(),
+                          baselines=BaselinesSection(sasrec=SASRecConfig.paper(), gru4rec=GRU4RecConfig.paper(), mf=MFConfig(), tiger=TIGERConfig.paper(),
+                                                     hstu=HSTUConfig.paper()),
+                          rl=GRPOConfig.paper(), rewards=RewardConfig.paper())
+
+# %% ../nbs/13b_presets.ipynb #f1a20773
 def preset(name:str) -> PipelineConfig:
     "A named config: 'tiny' (tests), 'demo' (README main job), 'industrial' (real data on CPU), 'paper' (GPU servers), 'auto' (the skeleton `load_config` fits to your data)."
-    if name == 'tiny':
-        return PipelineConfig(run_dir='runs/tiny', data=DataSection(synthetic=SyntheticConfig.tiny()), embed=EmbedConfig.tiny(),
-                              sid=SIDSection(rqvae=RQVAEConfig.tiny()), model=ModelConfig.tiny(), tasks=TaskMixConfig.tiny(),
-                              sft=SFTConfig.tiny().replace(epochs=1), eval=EvalConfig.tiny(),
-                              baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2), mf=MFConfig.tiny().replace(epochs=2),
-                                                         tiger=TIGERConfig.tiny().replace(epochs=2), hstu=HSTUConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny().replace(guide='target'),   # guided groups: the tiny model's RL moves
-                              dpo=SDPOConfig.tiny())                                   # off; `--set dpo.enabled=true` runs 3 S-DPO steps
-    if name == 'demo':   # recipe chosen on validation: nbs/10b_recipe.ipynb
-        return PipelineConfig(run_dir='runs/demo', data=DataSection(synthetic=SyntheticConfig(n_top=6, n_sub=4, items_per_leaf=20, n_users=1500)),
-                              embed=EmbedConfig(batch_size=64, max_length=128),
-                              sid=SIDSection(rqvae=RQVAEConfig(hidden=(256, 128, 64), codebook_size=32, epochs=500, log_every=50)),
-                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000),
-                              tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact', max_history=1), max_valid_examples=500,
-                              select_users=500, select_beams=20,
-                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=40, patience=6, monitor='NDCG@10', global_batch_size=64,
-                                            micro_batch_size=64, max_length=64, log_every=20),
-                              eval=EvalConfig(num_beams=20, batch_size=32),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(epochs=200, patience=10), mf=MFConfig(),
-                                                          tiger=TIGERConfig(d_model=64, layers=2, heads=4, d_kv=16, d_ff=256, schedule='inverse_sqrt', lr=3e-3,
-                                                                            warmup_steps=40, max_steps=1200, eval_steps=40, patience=4, valid_max_users=500),
-                                                          hstu=HSTUConfig()),
-                              rl=GRPOConfig(num_generations=8, prompts_per_step=128, micro_batch=4, max_steps=50, lr=1e-3, tasks=('rec',), sft_weight=4.0,
-                                            filter_groups=True, keep_best=True, eval_every=5, eval_max_users=500, beam_batch_size=32),
-                              rewards=RewardConfig(collab=1.0),   # RL recipe chosen on validation: nbs/12b_rl_levers.ipynb
-                              dpo=_DPO_CPU.replace(eval_max_users=500))   # off: the demo holds its 10-minute budget (`--set dpo.enabled=true` adds the row)
-    if name == 'industrial':   # recipe chosen on validation: nbs/10b_recipe.ipynb
-        return PipelineConfig(run_dir='runs/industrial', data=DataSection(source='published', name='Industrial_and_Scientific'),
-                              embed=EmbedConfig(batch_size=64),
-                              sid=SIDSection(rqvae=RQVAEConfig.cpu()),
-                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=3000,
-                                                sid_init='embedding', dropout=0.2),
-                              tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact'), max_valid_examples=1000,
-                              select_users=1000, select_beams=20,
-                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, epochs=30, patience=0, monitor='NDCG@10',
-                                            global_batch_size=64, micro_batch_size=64, max_length=96, log_every=50),
-                              eval=EvalConfig(num_beams=20, batch_size=32),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), tiger=TIGERConfig(epochs=40, patience=4, eval_every=2), hstu=HSTUConfig()),
-                              rl=GRPOConfig(num_generations=16, prompts_per_step=256, micro_batch=4, lr=2e-4, warmup_ratio=0.1, max_steps=50, sft_weight=4.0,
-                                            max_minutes=15, eval_every=10, eval_beams=20, eval_max_users=1000, keep_best=True, filter_groups=True,
-                                            tasks=('rec',), beam_batch_size=32),
-                              rewards=RewardConfig(collab=1.0),   # on Industrial no RL setting tried beat SFT on validation (12b): keep-best keeps SFT
-                              dpo=_DPO_CPU.replace(enabled=True, eval_max_users=1000))   # the SFT+S-DPO row (12c): ~3.5 s/step on 2 cores, 40 steps
-    if name == 'auto':   # a skeleton: `fit_to_data` sizes steps, history, widths and validation to the data and `budget_minutes`
-        return PipelineConfig(run_dir='runs/auto', budget_minutes=30.0, embed=EmbedConfig(batch_size=64), sid=SIDSection(rqvae=RQVAEConfig.cpu()),
-                              model=ModelConfig(hidden_size=96, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256, vocab_size=2000,
-                                                sid_init='embedding'),
-                              tasks=TaskMixConfig(**REC_ONLY, prompt_style='compact'), select_beams=20,
-                              sft=SFTConfig(lr=3e-3, warmup_ratio=0.05, patience=0, monitor='NDCG@10', global_batch_size=64, micro_batch_size=64, log_every=50),
-                              eval=EvalConfig(num_beams=20, batch_size=32),
-                              baselines=BaselinesSection(sasrec=SASRecConfig(), mf=MFConfig(), hstu=HSTUConfig(),
-                                                         tiger=TIGERConfig(layers=2, heads=4, schedule='inverse_sqrt', lr=1e-3)),
-                              rl=GRPOConfig(num_generations=8, prompts_per_step=64, micro_batch=4, lr=2e-4, warmup_ratio=0.1, sft_weight=4.0, keep_best=True,
-                                            filter_groups=True, tasks=('rec',), beam_batch_size=32, eval_beams=20),
-                              rewards=RewardConfig(collab=0.0))   # collab > 0 would train a second SASRec: another share of the budget
-    if name == 'paper':
-        return PipelineConfig(run_dir='runs/paper', data=DataSection(source='published', name='Industrial_and_Scientific'),
-                              embed=EmbedConfig.paper(), sid=SIDSection(rqvae=RQVAEConfig.paper()), model=ModelConfig.paper(),
-                              tasks=TaskMixConfig.paper(), sft=SFTConfig.paper(), eval=EvalConfig.paper(),
-                              baselines=BaselinesSection(sasrec=SASRecConfig.paper(), gru4rec=GRU4RecConfig.paper(), mf=MFConfig(), tiger=TIGERConfig.paper(),
-                                                         hstu=HSTUConfig.paper()),
-                              rl=GRPOConfig.paper(), rewards=RewardConfig.paper())
-    raise ConfigError(f"unknown preset {name!r}; presets are {', '.join(map(repr, PRESETS))} (or pass a YAML file)")
+    build = {'tiny': _preset_tiny, 'demo': _preset_demo, 'industrial': _preset_industrial, 'auto': _preset_auto, 'paper': _preset_paper}.get(name)
+    if build is None: raise ConfigError(f"unknown preset {name!r}; presets are {', '.join(map(repr, PRESETS))} (or pass a YAML file)")
+    return build()
 
+# %% ../nbs/13b_presets.ipynb #f3ef176d
 def load_config(src:str|Path, overrides=()) -> PipelineConfig:
     """A preset name or YAML file, then `key.sub=value` overrides (values parsed as YAML). A sub-seed named by an override or
     in a `preset:` file is pinned (`pinned_seeds`); every other one follows the top-level `seed`. Preset 'auto' is then
@@ -137,6 +150,7 @@ def load_config(src:str|Path, overrides=()) -> PipelineConfig:
     if name != 'auto': return cfg
     return fit_to_data(cfg, explicit=_leaf_paths(mine) + [o.split('=', 1)[0] for o in overrides])
 
+# %% ../nbs/13b_presets.ipynb #423e7f32
 def _leaf_paths(d:dict, path:str='') -> list[str]:
     "Dotted paths of the values a mapping sets (`{sft: {lr: 1}}` -> `['sft.lr']`)."
     return [q for k, v in d.items() for q in (_leaf_paths(v, f'{path}{k}.') if isinstance(v, dict) and v else [f'{path}{k}'])]
@@ -149,6 +163,7 @@ def _sub_seeds(d:dict, path:str='') -> dict:
         elif isinstance(v, dict) and (path or k not in SEEDLESS_SECTIONS): out.update(_sub_seeds(v, f'{path}{k}.'))
     return out
 
+# %% ../nbs/13b_presets.ipynb #c67e520f
 def _warn_following(d:dict, src):
     "A whole config file whose sub-seed differs from its `seed` without being pinned: say that it follows `seed`."
     top, pinned = d.get('seed', 42), set(d.get('pinned_seeds') or [])
@@ -307,7 +322,7 @@ def data_stats(data) -> dict:
             'test_rows': len(data.splits['test']), 'history_median': float(np.median(h)) if len(h) else 0.0,
             'history_p90': float(np.percentile(h, 90)) if len(h) else 0.0, 'history_max': int(h.max()) if len(h) else 0, 'users': int(data.n_users)}
 
-# %% ../nbs/13b_presets.ipynb #62a41f5c
+# %% ../nbs/13b_presets.ipynb #653188f9
 class _Fit:
     "A config mapping being fitted to `stats`: `put(key, value, reason)` unless `key` is yours, `get(key)`, seconds per stage in `sec`."
     def __init__(self, d:dict, explicit, stats:dict):
@@ -343,6 +358,7 @@ def _fit_history(f:_Fit):
         f.put(k, min(20, s['items']), 'a ranked list of 20 (NDCG@10 and HR@10 need 10), at most the catalogue')
     f.put('rl.num_generations', min(8, s['items']), 'G candidates per prompt (the paper has 16; 8 halves the rollout cost), at most the catalogue')
 
+# %% ../nbs/13b_presets.ipynb #58f6969c
 def _block_params(w:int, layers:int=2) -> int:
     "Parameters in the blocks of our model at width `w` (4 heads, 2 key/value heads, SwiGLU MLP of 8/3 x w): what the width rule counts."
     m = ModelConfig(hidden_size=w, num_layers=layers, num_heads=4, num_kv_heads=2, intermediate_size=32 * round(8 * w / 3 / 32))
@@ -401,7 +417,7 @@ def _fit_fixed(f:_Fit, budget:float) -> float:
     f.sec['rank_rl'] = 2 * lm_row(beams) * rows + 2 * RL_DIST_PROMPTS * lm_row(f.get('rl.num_generations'))
     return sum(f.sec.values())
 
-# %% ../nbs/13b_presets.ipynb #f28091ea
+# %% ../nbs/13b_presets.ipynb #513c7324
 _VALID_WHY = f'validation rows decoded at each of the {FIT_EVALS} validations: about 10% of the share, 100 to 1000 rows'
 
 def _valid_rows(f:_Fit, seconds:float, per_row:float) -> int:
@@ -438,6 +454,7 @@ def _fit_rl(f:_Fit, share:float):
     f.put('rl.max_minutes', round(share / 60 + 1, 1), 'wall-clock cap of the RL loop: its share and a minute')
     f.sec['rl'] = steps * rl_step + (steps // every + 1) * per_eval
 
+# %% ../nbs/13b_presets.ipynb #9534570f
 def _fit_rows(f:_Fit, share:float):
     "When one pass over the train rows does not fit three times in a share for every epoch-trained baseline: keep the last rows that do (`data.max_train`), for every model alike."
     s, fit = f.s, None
@@ -450,6 +467,7 @@ def _fit_rows(f:_Fit, share:float):
         s['train_rows'] = f.put('data.max_train', max(1000, fit), f"3 passes of every epoch-trained baseline over all {s['train_rows']:,} train rows "
                                 f'do not fit in a share: the most recent rows that do, for every model (the width still follows all rows)')
 
+# %% ../nbs/13b_presets.ipynb #b1b612cf
 def _fit_baselines(f:_Fit, share:float):
     "Every trained baseline's epochs or steps from the same share as our model (seconds)."
     s, sec = f.s, 0.0

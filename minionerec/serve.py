@@ -98,7 +98,7 @@ def load_servable(path, model:str='auto', device=None) -> Servable:
     if not path.is_dir(): raise FileNotFoundError(f'{path}: no such folder (give a run folder or an export of `minionerec export`)')
     return _from_export(path, device) if (path/SERVE_FILE).exists() else _from_run(path, model, device)
 
-# %% ../nbs/13_serve.ipynb #de51ba1b
+# %% ../nbs/13_serve.ipynb #54b7f28d
 def find_items(items:pd.DataFrame, specs) -> list[int]:
     "Item ids of `specs`: each an item id (digits) or a title of `items` (exact, case-insensitive, naming one item)."
     by_title = defaultdict(list)
@@ -128,6 +128,7 @@ def read_specs(values) -> list[str]:
         out += [l.strip() for l in p.read_text(encoding='utf-8').splitlines() if l.strip() and not l.lstrip().startswith('#')]
     return out
 
+# %% ../nbs/13_serve.ipynb #ecc1f1d4
 def user_history(data:RecData, user) -> list[int]:
     "Everything `user` is known to have interacted with, oldest first: their latest sample's history plus its target (test, else valid, else train)."
     for sp in ('test', 'valid', 'train'):
@@ -324,7 +325,7 @@ def _card_prompt(sv:Servable, meta:dict) -> list[str]:
             f'The answer is one SID ({sv.index.n_levels} tokens such as `{sv.index.sid(0)}`) followed by EOS (`{sv.tokenizer.eos_token}`). '
             'The SID tokens are ordinary (non-special) added tokens: decode with `skip_special_tokens=True` and they stay.']
 
-# %% ../nbs/13_serve.ipynb #6260ca79
+# %% ../nbs/13_serve.ipynb #dac61afe
 _LOAD = '''```python
 import json
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -369,6 +370,7 @@ def _card_usage(sv:Servable, dest) -> list[str]:
             'twice, or text; map every output through `index.json`, drop what is not there, and expect fewer than k items. '
             'The numbers above come from the constrained search.']
 
+# %% ../nbs/13_serve.ipynb #358d211e
 def model_card(sv:Servable, meta:dict, dest:str='EXPORT') -> str:
     "The `README.md` of an export: what it is, data, the report's metrics, files, prompt format, and how to use it."
     d, prov, exp = meta.get('data', {}), meta.get('provenance'), meta.get('exported_by') or {}

@@ -248,7 +248,7 @@ def leaked(example:dict) -> bool:
     "True when the target text appears in the prompt (a leak for item-identification tasks)."
     return example['target'] in example['prompt']
 
-# %% ../nbs/05_tasks.ipynb #7d806a8f
+# %% ../nbs/05_tasks.ipynb #5c85e1b8
 TASKS = ('rec', 'title2sid', 'sid2title', 'sid_hist2title', 'sid_hist2desc', 'title_hist2sid', 'preference', 'desc2sid')
 CATALOGUE_TASKS = ('title2sid', 'sid2title', 'desc2sid')
 
@@ -280,6 +280,7 @@ class TaskMixConfig(Config):
     def paper(cls): return cls()
     def weights(self) -> dict[str, float]: return {t: getattr(self, t) for t in TASKS}
 
+# %% ../nbs/05_tasks.ipynb #e20f4e2e
 @patch
 def validate(self:TaskMixConfig):
     for t in TASKS:

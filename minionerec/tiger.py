@@ -203,7 +203,7 @@ def encode_examples(histories, targets, index, tokenizer, max_hist:int=10) -> tu
     if (lab == tokenizer.unk_token_id).any(): raise ValueError('a target SID token is not in the TIGER vocabulary')
     return enc['input_ids'], enc['attention_mask'], lab.masked_fill(lab == tokenizer.pad_token_id, -100)
 
-# %% ../nbs/10a_tiger.ipynb #a1ee1f7d
+# %% ../nbs/10a_tiger.ipynb #22387ff7
 @dataclass
 class TIGER:
     "A trained TIGER: the T5, its SID tokenizer and trie, and `recommend(histories) -> BeamOutput`."
@@ -236,6 +236,7 @@ def tiger_ranking(tiger:TIGER, data, split:str='test', num_beams:int=50, rows=No
     rows = np.arange(len(df)) if rows is None else np.asarray(rows, dtype=np.int64)
     return tiger.recommend([df['history'].iloc[int(r)] for r in rows], num_beams, batch_size).items.numpy()
 
+# %% ../nbs/10a_tiger.ipynb #7167ceaa
 def _valid_metrics(tiger, data, cfg, rows) -> dict:
     ranked = tiger_ranking(tiger, data, 'valid', cfg.valid_beams, rows, cfg.eval_batch_size)
     k = int(cfg.valid_metric.split('@')[1])

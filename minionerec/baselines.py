@@ -161,7 +161,7 @@ def training_samples(df:pd.DataFrame, mode:str='prefix', max_len:int=10):
         return x, y
     raise ValueError(f"mode must be 'prefix' or 'user', got {mode!r}")
 
-# %% ../nbs/10_baselines.ipynb #19dcffa7
+# %% ../nbs/10_baselines.ipynb #a88c114d
 def _check_valid_metric(cfg):
     "The early-stopping metric of a baseline config must be HR@K, NDCG@K or MRR@K (shared by SASRec, GRU4Rec and MF)."
     if not re.fullmatch(r'(HR|NDCG|MRR)@[1-9]\d*', cfg.valid_metric):
@@ -198,6 +198,7 @@ class SASRecConfig(Config):
     @classmethod
     def paper(cls): return cls()
 
+# %% ../nbs/10_baselines.ipynb #bcb201cd
 @dataclass
 class GRU4RecConfig(Config):
     "GRU4Rec / training settings (defaults = the RecBole run behind the reference numbers)."
@@ -251,7 +252,7 @@ class MFConfig(Config):
     @classmethod
     def tiny(cls): return cls(dim=32, lr=1e-2, batch_size=256, epochs=8, patience=2)
 
-# %% ../nbs/10_baselines.ipynb #cfe271d7
+# %% ../nbs/10_baselines.ipynb #bb446596
 @torch.no_grad()
 def seq_scores(model, histories, batch_size:int=1024, device=None):
     "Yield `(rows slice, scores (b, N))` of every item for each history (last `max_len` items used)."
@@ -290,6 +291,7 @@ def seq_loss(model, h, y, kind:str='softmax'):
         return -F.logsigmoid((hs * (W[pos] - W[neg])).sum(-1)).mean()
     raise ValueError(f"loss must be 'softmax' or 'bpr', got {kind!r}")
 
+# %% ../nbs/10_baselines.ipynb #81e77a89
 def train_seqrec(model:nn.Module, data, cfg, name:str='model'):
     "Train `model` (SASRec, GRU4Rec, MF) with `seq_loss` (`cfg.loss`, default softmax); early stopping on valid `cfg.valid_metric`. Returns `(model, history)`."
     log = get_logger('minionerec.baselines')
@@ -320,6 +322,7 @@ def train_seqrec(model:nn.Module, data, cfg, name:str='model'):
     model.eval()
     return model, pd.DataFrame(hist)
 
+# %% ../nbs/10_baselines.ipynb #27123965
 def train_sasrec(data, cfg:SASRecConfig|None=None):
     "Train SASRec on `data.splits['train']`, early-stopped on valid NDCG@10; returns `(best model, history DataFrame)`."
     cfg = cfg or SASRecConfig(); set_seed(cfg.seed)

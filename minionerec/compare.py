@@ -163,7 +163,7 @@ def compare_rl(ctx, rl_model, tok, out:Path, scorer=None) -> dict:
                                        'reward_means': {f'{r}|{t}': v for (r, t), v in dist.to_dict('index').items()}})
     return {'valid': {n: _eval_summary(r) for n, r in ev['valid'].items()}, 'bootstrap': boot, 'test': _eval_summary(test)}
 
-# %% ../nbs/12d_compare.ipynb #53bd499e
+# %% ../nbs/12d_compare.ipynb #0f7bdaba
 BOOTSTRAP_RESAMPLES = 2000   # resamples of the report's paired bootstrap
 
 def joined_ranks(ctx, split:str) -> tuple:
@@ -193,6 +193,7 @@ def _report_pairs(names) -> list[tuple]:
     pairs = bootstrap_pairs(names, GENERATIVE + extra)
     return pairs + [('MiniOneRec SFT', n) for n in extra if 'MiniOneRec SFT' in names and ('MiniOneRec SFT', n) not in pairs]
 
+# %% ../nbs/12d_compare.ipynb #e89324eb
 def report_comparisons(ctx, results:dict) -> dict|None:
     """`bootstrap_table` of every generative row against every baseline (and SFT+RL against SFT) from the per-row ranks of `evaluate` and `rl`,
     on the evaluation split and then validation (each entry names its `split`); intervals resample users."""
@@ -209,7 +210,7 @@ def report_comparisons(ctx, results:dict) -> dict|None:
     return {'split': ev, 'rows': rows[ev], 'rows_by_split': rows, 'resamples': BOOTSTRAP_RESAMPLES, 'seed': ctx.cfg.seed,
             'resampled': 'users', 'rl_sft_rows_differ': differ, 'table': table}
 
-# %% ../nbs/12d_compare.ipynb #a24dc6c5
+# %% ../nbs/12d_compare.ipynb #520aaff2
 def run_metrics(run_dir, eval_split:str='test') -> dict:
     "`{split: {model: metrics}}` of a run directory, from the `evaluate`, `rl` and (optional) `dpo` stages' `metrics.json` (`eval_split`) and `metrics_valid.json` (valid)."
     out = {}
@@ -240,6 +241,7 @@ def split_lines(ctx, order, done:dict) -> list[str]:
                      + ' | '.join(fmt(get(sp, 'rank_s'), '.1f') for sp in sps) + ' |')
     return lines + ['']
 
+# %% ../nbs/12d_compare.ipynb #b845f9e2
 def breakdown_lines(ctx, metric:str='NDCG', k:int=10) -> list[str]:
     "Markdown: `metric@k` of every model per split on repeat rows (target in the history), new rows and each history-length bucket (row counts in the header)."
     lines = [f'## {metric}@{k} by repeat vs new item and by history length', '']

@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 from minionerec.data import *
 from minionerec.data import DataError, SPLITS
+from minionerec.synthetic import SyntheticConfig, make_synthetic
+from minionerec.protocol import ProtocolConfig, prepare_interactions, make_samples
+from minionerec.amazon import PrepareConfig, prepare_amazon
 
 FIXTURES = Path(__file__).parent/'fixtures'/'amazon_raw'
 

@@ -187,15 +187,11 @@ def rank_split(ctx, model, tok, split:str, beams:int) -> np.ndarray:
     return np.where(hit.any(1), hit.argmax(1) + 1, 0)
 
 
-def row_ndcg(ranks:np.ndarray, k:int=10) -> np.ndarray:
-    "NDCG@k of each row from its 1-based rank (0 = not listed): 1 / log2(rank + 1) inside the top k, else 0."
-    r = np.asarray(ranks)
-    return np.where((r > 0) & (r <= k), 1.0 / np.log2(np.maximum(r, 1) + 1), 0.0)
-
-
 def gain_difference(prior_sft, prior_rl, scratch_sft, scratch_rl, users, n_boot:int=2000, seed:int=0) -> dict:
     "RL's NDCG@10 gain on the prior minus its gain on scratch (same rows), with a user-clustered bootstrap 95% interval."
-    d = (row_ndcg(prior_rl) - row_ndcg(prior_sft)) - (row_ndcg(scratch_rl) - row_ndcg(scratch_sft))   # (rows,)
+    from minionerec.evaluate import row_metric
+    nd = lambda r: row_metric(r, 'NDCG', 10)
+    d = (nd(prior_rl) - nd(prior_sft)) - (nd(scratch_rl) - nd(scratch_sft))   # (rows,)
     _, u = np.unique(np.asarray(users), return_inverse=True)
     S, n = np.bincount(u, weights=d), np.bincount(u).astype(float)                             # per user: sum, rows
     rng, U = np.random.default_rng(seed), len(n)
@@ -206,8 +202,8 @@ def gain_difference(prior_sft, prior_rl, scratch_sft, scratch_rl, users, n_boot:
 
 def metrics(ranks:np.ndarray, ref:np.ndarray|None, users) -> dict:
     "NDCG@10 and HR@10 of `ranks`, with the user-clustered paired bootstrap of the difference against `ref` (same rows)."
-    from minionerec.evaluate import paired_bootstrap
-    out = {'rows': int(len(ranks)), 'NDCG@10': round(float(row_ndcg(ranks).mean()), 4), 'HR@10': round(float(((ranks > 0) & (ranks <= 10)).mean()), 4)}
+    from minionerec.evaluate import paired_bootstrap, row_metric
+    out = {'rows': int(len(ranks)), 'NDCG@10': round(float(row_metric(ranks, 'NDCG', 10).mean()), 4), 'HR@10': round(float(row_metric(ranks, 'HR', 10).mean()), 4)}
     if ref is not None:
         for metric, key in (('NDCG', 'NDCG@10'), ('HR', 'HR@10')):
             b = paired_bootstrap(ref, ranks, metric, 10, groups=users, seed=0)

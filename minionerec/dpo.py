@@ -328,13 +328,13 @@ def dpo_lines(m:dict) -> list[str]:
                   f"{b['p_b_better']:.2f} | {b.get('p_b_worse', float('nan')):.2f} |" for b in bs]
     return lines + ['', f'![{name}](../dpo/dpo.png)', '']
 
-# %% ../nbs/12c_dpo.ipynb #c45c517a
+# %% ../nbs/12c_dpo.ipynb #712289b3
 def stage_dpo(ctx, out:Path) -> dict:
     """The pipeline's optional `dpo` stage (`dpo.enabled`): DPO / S-DPO from the SFT checkpoint on the rl stage's training prompts, then
     SFT and the result on validation and the evaluation split, with the paired bootstrap of each difference (users resampled)."""
     cfg, c = ctx.cfg, ctx.cfg.dpo
     if not c.enabled: write_json(out/'summary.json', {'enabled': False}); return {'enabled': False}
-    from minionerec.evaluate import evaluate_model, paired_bootstrap, rank_table, process_state
+    from minionerec.evaluate import evaluate_model, paired_bootstrap, rank_table, process_state, evaluate_stage_results
     from minionerec.decoding import SIDTrie
     from minionerec.core import write_text
     index, state, name = ctx.index(), process_state(), row_name(c)
@@ -345,8 +345,11 @@ def stage_dpo(ctx, out:Path) -> dict:
     res = train_sdpo(c, model, tok, index, train, ctx.prompts(tok, 'valid'), out_dir=out, trie=trie)
     sft = load_checkpoint(ctx.sft_checkpoint(), dtype=cfg.model.dtype, device=state.device)[0].eval()
     models, splits = {'MiniOneRec SFT': sft, name: res.model.eval()}, list(dict.fromkeys(['valid', cfg.eval.split]))
-    ev = {sp: {n: evaluate_model(m, tok, ctx.data(), index, cfg.eval.replace(split=sp), name=n, trie=trie, examples=ctx.prompts(tok, sp),
-                                 state=state) for n, m in models.items()} for sp in splits}
+    exs = {sp: ctx.prompts(tok, sp) for sp in splits}
+    saved = evaluate_stage_results(ctx, exs, False, state)     # SFT's ranks from the evaluate stage when valid (it ranks in full precision here)
+    ev = {sp: {n: saved[sp] if n == 'MiniOneRec SFT' and sp in saved else
+                  evaluate_model(m, tok, ctx.data(), index, cfg.eval.replace(split=sp), name=n, trie=trie, examples=exs[sp], state=state)
+               for n, m in models.items()} for sp in splits}
     boot = {sp: [paired_bootstrap(ev[sp]['MiniOneRec SFT'].ranks, ev[sp][name].ranks, mt, k, seed=cfg.seed, groups=ev[sp]['MiniOneRec SFT'].users)
                  for mt, k in (('NDCG', 10), ('HR', 10), ('NDCG', 5))] for sp in splits}
     for sp in splits:                                          # the report joins these ranks to the evaluate stage's (same rows)

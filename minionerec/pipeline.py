@@ -248,7 +248,7 @@ class Stage:
         except ValueError: return False
         return d.get('fingerprint') == fp and all((Path(run_dir)/self.name/o).exists() for o in self.outputs)
 
-# %% ../nbs/13_pipeline.ipynb #ff4a6c3d
+# %% ../nbs/13_pipeline.ipynb #17109cb5
 class RunContext:
     "The config, the run directory and lazily loaded artifacts of earlier stages."
     def __init__(self, cfg:PipelineConfig, run_dir=None):
@@ -267,6 +267,9 @@ class RunContext:
     def sft_checkpoint(self) -> Path:
         d = read_json(self.path('sft', 'DONE.json'))
         return self.path('sft', d['metrics']['checkpoint'])
+    def stage_complete(self, name:str) -> bool:
+        "Whether stage `name` is complete in this run directory for this config: its DONE fingerprint is the config's and its outputs exist."
+        return STAGE[name].is_complete(self.run_dir, stage_fingerprints(self.cfg)[name])
     def done_records(self) -> dict:
         "`{stage: DONE record}` of the stages whose folder holds a `DONE.json`, in pipeline order (what the report reads)."
         return {s.name: read_json(s.done_path(self.run_dir)) for s in STAGES if s.done_path(self.run_dir).exists()}

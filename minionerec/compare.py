@@ -27,7 +27,7 @@ from .dpo import dpo_lines
 # %% auto #0
 __all__ = ['BOOTSTRAP_RESAMPLES', 'SEED_METRICS', 'compare_baselines', 'split_suffix', 'eval_splits', 'stage_evaluate',
            'rl_reward_distributions', 'compare_rl', 'joined_ranks', 'report_comparisons', 'run_metrics', 'split_lines',
-           'breakdown_lines', 'stage_report', 'seeds_summary']
+           'breakdown_lines', 'headline_lines', 'stage_report', 'seeds_summary']
 
 # %% ../nbs/12d_compare.ipynb #38575995
 def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
@@ -267,7 +267,26 @@ def breakdown_lines(ctx, metric:str='NDCG', k:int=10) -> list[str]:
         lines.append('')
     return lines
 
-# %% ../nbs/12d_compare.ipynb #1546bdf2
+# %% ../nbs/12d_compare.ipynb #cff9e10b
+def headline_lines(table:list[dict], metric:str='NDCG@10') -> list[str]:
+    "Markdown: per split of a `bootstrap_table`, the best generative row against the best baseline row by `metric` and who leads (beyond the interval) or 'level'."
+    t = pd.DataFrame(table)
+    if t.empty: return []
+    t = t[t['metric'] == metric]
+    out = []
+    for sp in (t['split'].unique() if 'split' in t else [None]):
+        g = t if sp is None else t[t['split'] == sp]
+        gen, base = g.groupby('model')['b'].first(), g.groupby('vs')['a'].first()
+        base = base[[not v.startswith('MiniOneRec') for v in base.index]]
+        if gen.empty or base.empty: continue
+        m, v = gen.idxmax(), base.idxmax()
+        r = g[(g['model'] == m) & (g['vs'] == v)].iloc[0]
+        who = (f'**{m} leads**' if r['lo'] > 0 else f'**{v} leads**' if r['hi'] < 0 else '**level** (the interval spans 0)')
+        out.append(f"- {sp or 'eval'}: best generative row {m} {r['b']:.4f} vs best baseline {v} {r['a']:.4f}: "
+                   f"{r['delta']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]: {who}")
+    return (['## Headline', '', f'{metric}, difference with its 95% paired-bootstrap interval ({t["resampled"].iloc[0] if "resampled" in t and len(t) else "users"} resampled):', ''] + out + ['']) if out else []
+
+# %% ../nbs/12d_compare.ipynb #aff3cafb
 def stage_report(ctx, out:Path) -> dict:
     "Collect every stage's numbers and figures into `report/report.md` and one results table (`report/results.md`)."
     done = {k: v for k, v in ctx.done_records().items() if k != 'report'}
@@ -288,6 +307,8 @@ def stage_report(ctx, out:Path) -> dict:
         lines += split_lines(ctx, list(results), done)
     comps = report_comparisons(ctx, results)
     if comps:
+        head = headline_lines(comps['table'])                   # who leads, where a baseline beats us as plainly as where we win
+        lines[4:4] = head
         write_json(out/'comparisons.json', comps); lines += bootstrap_lines(comps['table'])
         if comps['rl_sft_rows_differ']: lines += [f"Note: the rl stage's SFT ranks differ from the evaluate stage's on {comps['rl_sft_rows_differ']} rows.", '']
         lines += breakdown_lines(ctx)

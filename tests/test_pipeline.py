@@ -274,3 +274,33 @@ def test_rl_reuses_the_evaluate_stage_sasrec_as_collab_scorer(tiny_run, tmp_path
     assert 'collaborative scorer: SASRec trained' not in r.stderr          # loaded, not retrained
     hist = json.loads((copy/'rl'/'DONE.json').read_text())
     assert hist['metrics']['explain']['steps'] > 0
+
+def test_rl_falls_back_to_sft_when_full_validation_says_so(tiny_run, tmp_path, monkeypatch):
+    "When the kept RL step loses on the full validation split (`compare.rl_falls_back`), SFT+RL ships the SFT weights and rows, and the report says so."
+    import shutil, torch
+    import pandas as pd
+    import minionerec.compare as compare
+    from minionerec.presets import load_config
+    from minionerec.pipeline import run_pipeline
+    from minionerec.model import load_checkpoint
+    run, _ = tiny_run
+    copy = tmp_path/'run'; shutil.copytree(run, copy)
+    monkeypatch.setenv('OMP_WAIT_POLICY', 'PASSIVE'); monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    seen = []
+    monkeypatch.setattr(compare, 'rl_falls_back', lambda sft, rl, keep_best=True: seen.append((sft, rl)) or True)
+    done = run_pipeline(load_config('tiny').replace(run_dir=str(copy)), stages=['rl', 'report'], force=('rl',))
+    assert len(seen) == 1                                                   # decided once, on validation
+    m = done['rl']['metrics']
+    assert m['fell_back'] and m['best_step'] == 0 and 'it lost there, so SFT+RL is the SFT model' in m['verdict']
+    comp = json.loads((copy/'rl'/'comparison.json').read_text())
+    assert comp['fell_back'] and set(comp['full_valid_ndcg10']) == {'MiniOneRec SFT', 'MiniOneRec SFT+RL'}
+    for sp in ('valid', 'test'):                                            # identical rows: every difference is exactly 0
+        b = next(x for x in comp['bootstrap'][sp] if x['metric'] == 'NDCG@10')
+        assert b['delta'] == 0 and b['lo'] == 0 and b['hi'] == 0
+    ranks = pd.read_csv(copy/'rl'/'ranks.csv')
+    assert ranks['MiniOneRec SFT'].equals(ranks['MiniOneRec SFT+RL'])
+    sft_dir = copy/'sft'/json.loads((copy/'sft'/'DONE.json').read_text())['metrics']['checkpoint']
+    sft, rl = load_checkpoint(sft_dir)[0], load_checkpoint(copy/'rl'/'checkpoint')[0]
+    assert all(torch.equal(a, b) for a, b in zip(sft.state_dict().values(), rl.state_dict().values()))
+    assert json.loads((copy/'rl'/'checkpoint'/'minionerec.json').read_text())['extra']['fell_back'] is True
+    assert 'lost to SFT on the full validation split' in (copy/'report'/'report.md').read_text()

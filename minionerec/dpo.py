@@ -328,13 +328,13 @@ def dpo_lines(m:dict) -> list[str]:
                   f"{b['p_b_better']:.2f} | {b.get('p_b_worse', float('nan')):.2f} |" for b in bs]
     return lines + ['', f'![{name}](../dpo/dpo.png)', '']
 
-# %% ../nbs/12c_dpo.ipynb #712289b3
+# %% ../nbs/12c_dpo.ipynb #c4d1c265
 def stage_dpo(ctx, out:Path) -> dict:
     """The pipeline's optional `dpo` stage (`dpo.enabled`): DPO / S-DPO from the SFT checkpoint on the rl stage's training prompts, then
     SFT and the result on validation and the evaluation split, with the paired bootstrap of each difference (users resampled)."""
     cfg, c = ctx.cfg, ctx.cfg.dpo
     if not c.enabled: write_json(out/'summary.json', {'enabled': False}); return {'enabled': False}
-    from minionerec.evaluate import evaluate_model, paired_bootstrap, rank_table, process_state, evaluate_stage_results
+    from minionerec.evaluate import evaluate_model, paired_bootstrap, rank_table, process_state, evaluate_stage_results, split_suffix
     from minionerec.decoding import SIDTrie
     from minionerec.core import write_text
     index, state, name = ctx.index(), process_state(), row_name(c)
@@ -353,7 +353,7 @@ def stage_dpo(ctx, out:Path) -> dict:
     boot = {sp: [paired_bootstrap(ev[sp]['MiniOneRec SFT'].ranks, ev[sp][name].ranks, mt, k, seed=cfg.seed, groups=ev[sp]['MiniOneRec SFT'].users)
                  for mt, k in (('NDCG', 10), ('HR', 10), ('NDCG', 5))] for sp in splits}
     for sp in splits:                                          # the report joins these ranks to the evaluate stage's (same rows)
-        sfx = '' if sp == cfg.eval.split else f'_{sp}'
+        sfx = split_suffix(sp, cfg.eval.split)
         write_json(out/f'metrics{sfx}.json', {name: ev[sp][name].summary()})
         write_text(out/f'ranks{sfx}.csv', rank_table(ev[sp]).to_csv(index=False))
     write_json(out/'comparison.json', {'splits': {sp: {n: r.summary() for n, r in ev[sp].items()} for sp in splits}, 'bootstrap': boot})

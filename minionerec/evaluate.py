@@ -18,9 +18,9 @@ __all__ = ['DEFAULT_KS', 'HIST_BUCKETS', 'GENERATIVE', 'KEY_COLUMNS', 'rank_of_t
            'metrics_from_ranks', 'rank_metrics', 'count_invalid', 'count_empty', 'count_duplicates', 'history_bucket',
            'breakdown', 'repeat_labels', 'beyond_accuracy', 'EvalResult', 'evaluate_rankings', 'process_state',
            'shard_slice', 'rank_prompts', 'EvalConfig', 'select_rows', 'evaluate_model', 'decoded_examples',
-           'paired_bootstrap', 'comparison_lines', 'rank_table', 'bootstrap_pairs', 'bootstrap_table', 'SavedResult',
-           'saved_result', 'evaluate_stage_results', 'bootstrap_lines', 'results_table', 'plot_results', 'provenance',
-           'provenance_lines', 'write_report']
+           'paired_bootstrap', 'comparison_lines', 'rank_table', 'bootstrap_pairs', 'bootstrap_table', 'split_suffix',
+           'SavedResult', 'saved_result', 'evaluate_stage_results', 'bootstrap_lines', 'results_table', 'plot_results',
+           'provenance', 'provenance_lines', 'write_report']
 
 # %% ../nbs/09_evaluate.ipynb #d5e4bd15
 def _check_ranked(ranked, targets=None):
@@ -397,7 +397,11 @@ def bootstrap_table(ranks:pd.DataFrame, pairs, metrics=(('NDCG', 10), ('HR', 10)
             out.append({'model': b, 'vs': a, **main, 'row_lo': row['lo'], 'row_hi': row['hi'], 'resampled': 'rows' if users is None else 'users'})
     return out
 
-# %% ../nbs/09_evaluate.ipynb #12285821
+# %% ../nbs/09_evaluate.ipynb #2cb289ab
+def split_suffix(split:str, eval_split:str) -> str:
+    "File-name suffix of a split's metrics and ranks: '' for the evaluation split, `_valid` for validation."
+    return '' if split == eval_split else f'_{split}'
+
 @dataclass(repr=False)
 class SavedResult(EvalResult):
     "An `EvalResult` rebuilt from saved per-row ranks and the saved `summary()`: `ranked` is None (lists not saved), `summary()` returns the saved dict."
@@ -430,7 +434,7 @@ def evaluate_stage_results(ctx, examples:dict, bf16:bool, state=None, name:str='
     elif bf16 != cfg.sft.bf16: why['all'] = f'the evaluate stage ranked with bf16={cfg.sft.bf16}, this stage ranks with bf16={bf16}'
     elif complete is None or not complete('evaluate'): why['all'] = 'the evaluate stage is not complete for this config'
     for sp, exs in ({} if why else examples).items():
-        sfx = '' if sp == cfg.eval.split else f'_{sp}'
+        sfx = split_suffix(sp, cfg.eval.split)
         p, m = ctx.path('evaluate', f'ranks{sfx}.csv'), ctx.path('evaluate', f'metrics{sfx}.json')
         if not (p.exists() and m.exists()): why[sp] = f'no evaluate/{p.name}'; continue
         table, summ = pd.read_csv(p), read_json(m).get(name)

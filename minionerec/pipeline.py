@@ -417,7 +417,7 @@ def collab_scorer(ctx:RunContext):
     ctx.log.info(f'collaborative scorer: SASRec trained in {t.seconds:.0f}s, cached in {path}')
     return sasrec_scorer(model)
 
-# %% ../nbs/13_pipeline.ipynb #2e7c65c3
+# %% ../nbs/13_pipeline.ipynb #ad2e194d
 def stage_rl(ctx:RunContext, out:Path) -> dict:
     """GRPO from the SFT checkpoint with constrained-beam groups; then `compare_rl`: SFT and SFT+RL side by side on the
     validation and evaluation splits (paired bootstrap of the difference) and the reward distributions of their rollouts."""
@@ -432,7 +432,6 @@ def stage_rl(ctx:RunContext, out:Path) -> dict:
     comp = compare_rl(ctx, res.model, tok, out, scorer=scorer)                  # {} off the main process
     if not comp: return {}
     ex = explain_run(res.history, res.evals, res.best_step)                     # why RL helped or not: the report's verdict line
-    verdict = explain_line(ex, next((b for b in comp['bootstrap'].get('valid', []) if b['metric'] == 'NDCG@10'), None))
     best = res.best_step
     if comp['fell_back']:                                                       # full validation overrules the subset: ship the SFT weights
         f = comp['full_valid_ndcg10']
@@ -441,6 +440,7 @@ def stage_rl(ctx:RunContext, out:Path) -> dict:
         verdict = (explain_line(ex) + f"; full validation NDCG@10 of the kept step {f['MiniOneRec SFT+RL']:.4f} against SFT's "
                    f"{f['MiniOneRec SFT']:.4f}: it lost there, so SFT+RL is the SFT model (step 0)")
         best = 0
+    else: verdict = explain_line(ex, next((b for b in comp['bootstrap'].get('valid', []) if b['metric'] == 'NDCG@10'), None))
     ctx.log.info(verdict)
     return {'steps': res.steps, 'best_step': best, 'subset_best_step': res.best_step, 'wall_seconds': round(res.wall_seconds, 1),
             'train_prompts': len(train), 'explain': ex, 'verdict': verdict, **comp}

@@ -33,7 +33,7 @@ __all__ = ['PRESETS', 'REC_ONLY', 'QWEN25_SHAPES', 'CPU_COST', 'FIT_WIDTHS', 'FI
            'launch_engine', 'effective_checkpointing', 'backbone_shape', 'memory_estimate', 'plan_run', 'lm_params',
            'seq_params', 'tiger_work', 'prompt_tokens', 'data_stats', 'fit_to_data']
 
-# %% ../nbs/13b_presets.ipynb #0cb593b3
+# %% ../nbs/13b_presets.ipynb #99192374
 PRESETS = ('tiny', 'demo', 'industrial', 'paper', 'auto')
 REC_ONLY = dict(title2sid=0.0, sid2title=0.0, sid_hist2title=0.0, sid_hist2desc=0.0, title_hist2sid=0.0, preference=0.0)  # the next-item task alone
 
@@ -45,7 +45,9 @@ def _preset_tiny() -> PipelineConfig:
                           sid=SIDSection(rqvae=RQVAEConfig.tiny()), model=ModelConfig.tiny(), tasks=TaskMixConfig.tiny(),
                           sft=SFTConfig.tiny().replace(epochs=1), eval=EvalConfig.tiny(),
                           baselines=BaselinesSection(sasrec=SASRecConfig.tiny().replace(epochs=2), mf=MFConfig.tiny().replace(epochs=2),
-                                                     tiger=TIGERConfig.tiny().replace(epochs=2), hstu=HSTUConfig.tiny().replace(epochs=2)), rl=GRPOConfig.tiny().replace(guide='target'),   # guided groups: the tiny model's RL moves
+                                                     tiger=TIGERConfig.tiny().replace(epochs=2), hstu=HSTUConfig.tiny().replace(epochs=2),
+                                                     workers=1),   # seconds of training: spawning worker processes would cost more
+                          rl=GRPOConfig.tiny().replace(guide='target'),   # guided groups: the tiny model's RL moves
                           dpo=SDPOConfig.tiny())                                   # off; `--set dpo.enabled=true` runs 3 S-DPO steps
 
 # %% ../nbs/13b_presets.ipynb #77b0ad7d

@@ -28,6 +28,8 @@ def parse_args(argv=None):
     ap.add_argument('--save', default=None, help='copy the resulting model (checkpoint folder) here')
     ap.add_argument('--beams', type=int, default=20, help='beams of the final full-validation ranking')
     ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--budget_s', type=float, default=None, help='equal compute: choose the steps so that training takes about this many '
+                    'seconds (a short probe run measures the seconds per step; GRPO also gets a time cap of 1.1x the budget)')
     ap.add_argument('--out', default='bench/results/rl_levers.jsonl', help='JSON lines file the result is appended to')
     return ap.parse_args(argv)
 
@@ -76,6 +78,15 @@ def run_control(ctx, cfg, steps:int, lr:float, init):
     best, _ = load_checkpoint(res.best_checkpoint, dtype=cfg.model.dtype)
     return best, tok, {'wall': round(wall, 1), 'best_step': res.best_step, 'steps': res.steps, 'lr': lr}
 
+def fit_steps(ctx, cfg, a, init) -> tuple:
+    "Steps of GRPO (`cfg` with them) or of the control that fill `a.budget_s` seconds, from a probe run of a few steps."
+    if a.control:
+        n = 20; _, _, p = run_control(ctx, cfg, n, a.control_lr, init)
+        return cfg, max(n, int(a.budget_s * n / p['wall'])), p['wall']
+    n = 5; _, _, p = run_grpo(ctx, cfg.replace(rl=cfg.rl.replace(max_steps=n, eval_every=n, max_minutes=None)), init)
+    steps = max(n, int(a.budget_s * (n + 1) / p['wall']) - 1)      # the step-0 validation costs about one step
+    return cfg.replace(rl=cfg.rl.replace(max_steps=steps, max_minutes=1.1 * a.budget_s / 60)), steps, p['wall']
+
 def main(argv=None):
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -85,7 +96,13 @@ def main(argv=None):
     cfg = load_config(a.config, [f'run_dir={a.run}'] + a.set)
     ctx = RunContext(cfg)
     init = a.init or ctx.sft_checkpoint()
+    probe = {}
+    if a.budget_s:
+        cfg, steps, wall = fit_steps(ctx, cfg, a, init)
+        if a.control: a.control_steps = steps
+        probe = {'budget_s': a.budget_s, 'probe_wall': round(wall, 1), 'planned_steps': steps}
     model, tok, out = run_control(ctx, cfg, a.control_steps, a.control_lr, init) if a.control else run_grpo(ctx, cfg, init)
+    out.update(probe)
     if a.save:
         from minionerec.model import save_checkpoint
         save_checkpoint(model, tok, a.save, index=ctx.index())

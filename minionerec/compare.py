@@ -29,11 +29,11 @@ from .dpo import dpo_lines
 
 # %% auto #0
 __all__ = ['SEQ_BASELINES', 'LONGEST_FIRST', 'BOOTSTRAP_RESAMPLES', 'SEED_METRICS', 'fit_and_rank', 'baseline_workers',
-           'compare_baselines', 'eval_splits', 'stage_evaluate', 'rl_reward_distributions', 'compare_rl',
-           'rl_falls_back', 'joined_ranks', 'report_comparisons', 'run_metrics', 'split_lines', 'breakdown_lines',
-           'headline_lines', 'stage_report', 'seeds_summary']
+           'baseline_threads', 'compare_baselines', 'eval_splits', 'stage_evaluate', 'rl_reward_distributions',
+           'compare_rl', 'rl_falls_back', 'joined_ranks', 'report_comparisons', 'run_metrics', 'split_lines',
+           'breakdown_lines', 'headline_lines', 'stage_report', 'seeds_summary']
 
-# %% ../nbs/12d_compare.ipynb #0753e49a
+# %% ../nbs/12d_compare.ipynb #d78edae7
 def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
     "`r` re-scored on the rows `rows` of its split (a subset of the rows it ranked), keeping its training history."
     if np.array_equal(r.rows, rows): return r
@@ -68,22 +68,30 @@ def fit_and_rank(name:str, cfg, data, index, splits:dict, k:int, ks, tiger_beams
     return model, hist, rs
 
 def baseline_workers(n_jobs:int, workers:int|None=None, device=None) -> int:
-    """Processes that train `n_jobs` baselines side by side: `workers` (capped at `n_jobs`), or with None one per job up to
-    torch's CPU threads when they train on the CPU (small models leave a second core mostly idle), else 1."""
+    """Processes that train `n_jobs` baselines side by side: `workers` (capped at `n_jobs`), or with None (auto) 2 when they
+    train on a CPU with 2 or more of torch's threads (`baseline_threads` splits them), else 1."""
     if workers is not None:
         if workers < 1: raise ValueError(f'baselines.workers must be >= 1 or null (auto), got {workers}')
         return max(1, min(workers, n_jobs))
-    if (device or get_device()).type != 'cpu': return 1
-    return max(1, min(n_jobs, torch.get_num_threads()))
+    if n_jobs < 2 or torch.get_num_threads() < 2 or (device or get_device()).type != 'cpu': return 1
+    return 2
 
-def _fit_in_pool(jobs:list, workers:int, *args) -> dict:
-    "`{name: fit_and_rank(name, cfg, *args, threads)}` for `jobs` = [(name, cfg)], in `workers` spawned processes sharing torch's threads."
-    threads = max(1, torch.get_num_threads() // workers)
+def baseline_threads(names:list, workers:int, auto:bool) -> dict:
+    """torch threads of each job of a pool of `workers`: auto, the longest job (first in `LONGEST_FIRST`) gets all of them and
+    the others one each, in a row beside it; an explicit `workers` splits the threads evenly."""
+    n = torch.get_num_threads()
+    if not auto: return {name: max(1, n // workers) for name in names}
+    first = min(names, key=LONGEST_FIRST.index)
+    return {name: n if name == first else 1 for name in names}
+
+def _fit_in_pool(jobs:list, workers:int, auto:bool, *args) -> dict:
+    "`{name: fit_and_rank(name, cfg, *args, threads)}` for `jobs` = [(name, cfg)] in `workers` spawned processes, longest first (`baseline_threads`)."
+    threads = baseline_threads([name for name, _ in jobs], workers, auto)
     from minionerec.compare import fit_and_rank as job   # by the package's name: a worker cannot unpickle a notebook's own function
     order = sorted(jobs, key=lambda j: LONGEST_FIRST.index(j[0]))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'))
     try:
-        futs = {pool.submit(job, name, cfg, *args, threads): name for name, cfg in order}
+        futs = {pool.submit(job, name, cfg, *args, threads[name]): name for name, cfg in order}
         done, _ = wait(futs, return_when=FIRST_EXCEPTION)
         for f in done:
             if f.exception() is not None: raise RuntimeError(f'baseline {futs[f]} failed in its worker process: {f.exception()}') from f.exception()
@@ -116,7 +124,7 @@ def compare_baselines(data, out_dir=None, split:str='test', sasrec:SASRecConfig|
         else: jobs.append((name, SEQ_BASELINES[name][0]() if cfg in (None, True) else cfg))
     args = (data, index, splits, k, ks, tiger_beams)
     n = baseline_workers(len(jobs), workers)
-    out = _fit_in_pool(jobs, n, *args) if n > 1 else {name: fit_and_rank(name, cfg, *args) for name, cfg in jobs}
+    out = _fit_in_pool(jobs, n, workers is None, *args) if n > 1 else {name: fit_and_rank(name, cfg, *args) for name, cfg in jobs}
     for name, cfg in jobs:
         model, hist, rs = out[name]
         if on_trained is not None and model is not None: on_trained(name, cfg, model)

@@ -107,7 +107,7 @@ class SIDSection(Config):
     rqkmeans: RQKMeansConfig = field(default_factory=RQKMeansConfig)
     resolve: Literal['hungarian', 'sinkhorn', 'nearest'] = 'hungarian'  # collision resolution of `build_sid_index`
 
-# %% ../nbs/13_pipeline.ipynb #a98e3840
+# %% ../nbs/13_pipeline.ipynb #1d2faa45
 @dataclass
 class BaselinesSection(Config):
     "Which baselines the evaluate stage trains and scores on the same split with the same metric code."
@@ -117,7 +117,7 @@ class BaselinesSection(Config):
     mf: MFConfig|None = None                                           # null = skip item-based MF
     tiger: TIGERConfig|None = None                                     # null = skip TIGER (trained on the run's SID index)
     hstu: HSTUConfig|None = None                                       # null = skip HSTU
-    workers: int|None = None      # processes that train the baselines side by side (null = auto: one per baseline up to torch's threads on a CPU, else 1; 1 = one after another)
+    workers: int|None = None      # processes that train the baselines side by side (null = auto: on a CPU 2, the longest baseline with every thread and the others on one beside it; else 1; 1 = one after another)
     def validate(self): self.check_fields(workers='>=1')
 
 @dataclass

@@ -29,7 +29,7 @@ def parse_args(argv=None):
     ap.add_argument('--beams', type=int, default=20, help='beams of the final full-validation ranking')
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--budget_s', type=float, default=None, help='equal compute: choose the steps so that training takes about this many '
-                    'seconds (a short probe run measures the seconds per step; GRPO also gets a time cap of 1.1x the budget)')
+                    'seconds (a short probe run measures the seconds per step; GRPO plans 15% more steps and stops at the budget)')
     ap.add_argument('--out', default='bench/results/rl_levers.jsonl', help='JSON lines file the result is appended to')
     return ap.parse_args(argv)
 
@@ -71,7 +71,7 @@ def run_control(ctx, cfg, steps:int, lr:float, init):
     data, index = ctx.data(), ctx.index()
     train = build_mixture(data, index, 'train', cfg.tasks, seed=cfg.seed, tokenizer=tok)
     valid = build_mixture(data, index, 'valid', cfg.tasks, seed=cfg.seed, tokenizer=tok)[:cfg.max_valid_examples or None]
-    scfg = cfg.sft.replace(lr=lr, max_steps=steps, patience=0, warmup_ratio=0.0, eval_every=max(1, steps // 4), save_every=0, resume=False)
+    scfg = cfg.sft.replace(lr=lr, max_steps=steps, patience=0, warmup_ratio=0.0, eval_every=max(1, steps // 10), save_every=0, resume=False)
     t0 = time.perf_counter()
     res = train_sft(scfg, model, tok, train, valid, out_dir=tempfile.mkdtemp(), score_fn=ranking_score_fn(ctx, tok), index=index)
     wall = time.perf_counter() - t0
@@ -80,12 +80,13 @@ def run_control(ctx, cfg, steps:int, lr:float, init):
 
 def fit_steps(ctx, cfg, a, init) -> tuple:
     "Steps of GRPO (`cfg` with them) or of the control that fill `a.budget_s` seconds, from a probe run of a few steps."
-    if a.control:
-        n = 20; _, _, p = run_control(ctx, cfg, n, a.control_lr, init)
-        return cfg, max(n, int(a.budget_s * n / p['wall'])), p['wall']
+    if a.control:                          # its 10 validations cost as much as many steps: wall = fixed + steps x per-step, from 2 probes
+        w = [run_control(ctx, cfg, n, a.control_lr, init)[2]['wall'] for n in (20, 80)]
+        per = max((w[1] - w[0]) / 60, 1e-3)
+        return cfg, max(20, int((a.budget_s - (w[0] - 20 * per)) / per)), w[1]
     n = 5; _, _, p = run_grpo(ctx, cfg.replace(rl=cfg.rl.replace(max_steps=n, eval_every=n, max_minutes=None)), init)
-    steps = max(n, int(a.budget_s * (n + 1) / p['wall']) - 1)      # the step-0 validation costs about one step
-    return cfg.replace(rl=cfg.rl.replace(max_steps=steps, max_minutes=1.1 * a.budget_s / 60)), steps, p['wall']
+    steps = max(n, int(1.15 * a.budget_s * (n + 1) / p['wall']) - 1)   # the step-0 validation costs about one step; 15% spare
+    return cfg.replace(rl=cfg.rl.replace(max_steps=steps, max_minutes=a.budget_s / 60)), steps, p['wall']   # the budget stops it
 
 def main(argv=None):
     a = parse_args(argv)

@@ -59,6 +59,7 @@ def test_every_numeric_field_refuses_a_negative_value(cls):
     ('sft.lr=.nan', 'tiny.sft.lr: expected a finite number, got nan'),
     ('rl.lr=-1e-5', 'tiny.rl.lr must be > 0, got -1e-05'),
     ('baselines.sasrec.lr=-0.001', 'tiny.baselines.sasrec.lr must be > 0, got -0.001'),
+    ('baselines.workers=0', 'tiny.baselines.workers must be >= 1, got 0'),
     ('sid.rqvae.lr=-0.001', 'tiny.sid.rqvae.lr must be > 0, got -0.001'),
     ('seed=-1', 'seed must be >= 0, got -1'),
     ('eval.ks=[0, 5]', 'tiny.eval.ks must be >= 1, got (0, 5)'),

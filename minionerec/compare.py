@@ -33,7 +33,7 @@ __all__ = ['SEQ_BASELINES', 'LONGEST_FIRST', 'BOOTSTRAP_RESAMPLES', 'SEED_METRIC
            'compare_rl', 'rl_falls_back', 'joined_ranks', 'report_comparisons', 'run_metrics', 'split_lines',
            'breakdown_lines', 'headline_lines', 'stage_report', 'seeds_summary']
 
-# %% ../nbs/12d_compare.ipynb #d78edae7
+# %% ../nbs/12d_compare.ipynb #0ef49242
 def _on_rows(r:EvalResult, data, rows, ks) -> EvalResult:
     "`r` re-scored on the rows `rows` of its split (a subset of the rows it ranked), keeping its training history."
     if np.array_equal(r.rows, rows): return r
@@ -87,11 +87,10 @@ def baseline_threads(names:list, workers:int, auto:bool) -> dict:
 def _fit_in_pool(jobs:list, workers:int, auto:bool, *args) -> dict:
     "`{name: fit_and_rank(name, cfg, *args, threads)}` for `jobs` = [(name, cfg)] in `workers` spawned processes, longest first (`baseline_threads`)."
     threads = baseline_threads([name for name, _ in jobs], workers, auto)
-    from minionerec.compare import fit_and_rank as job   # by the package's name: a worker cannot unpickle a notebook's own function
     order = sorted(jobs, key=lambda j: LONGEST_FIRST.index(j[0]))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'))
     try:
-        futs = {pool.submit(job, name, cfg, *args, threads[name]): name for name, cfg in order}
+        futs = {pool.submit(fit_and_rank, name, cfg, *args, threads[name]): name for name, cfg in order}
         done, _ = wait(futs, return_when=FIRST_EXCEPTION)
         for f in done:
             if f.exception() is not None: raise RuntimeError(f'baseline {futs[f]} failed in its worker process: {f.exception()}') from f.exception()
